@@ -1,0 +1,100 @@
+"""Shared config sections and their validation (ml_collections).
+
+Experiment files in ``configs/`` start from ``base_config()`` and override fields; every field
+has a one-line comment here. ``validate_config(config)`` checks every name and number that
+could fail later (dataset, model, neuron, loss, optimizer, T, D, threshold, batch size) and
+raises ``ValueError`` with one line naming the valid choices, before anything compiles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from cfsnn_jax import losses, neurons
+
+
+def neuron_config(name: str = "cf", **overrides: Any) -> ml_collections.ConfigDict:
+  """``name`` picks a preset of ``neurons.NEURON_PRESETS``; a field left ``None`` keeps the
+  preset's value, a set field overrides it (e.g. ``--config.neuron.levels=2``)."""
+  c = ml_collections.ConfigDict()
+  c.name = name  # preset: if | lif | plif | cf | cf_signed | dsatgo
+  c.charge = config_dict.placeholder(str)  # if | lif | plif
+  c.tau = config_dict.placeholder(float)  # LIF time constant (decay 1 - 1/tau)
+  c.decay_init = config_dict.placeholder(float)  # PLIF initial decay
+  c.levels = config_dict.placeholder(int)  # D: max spikes per step (CF)
+  c.signed = config_dict.placeholder(bool)  # signed firing
+  c.reset = config_dict.placeholder(str)  # soft | hard
+  c.detach_reset = config_dict.placeholder(bool)  # stop_gradient on the reset term
+  c.decay_input = config_dict.placeholder(bool)  # SpikingJelly decay_input form
+  c.threshold = config_dict.placeholder(float)  # base threshold theta
+  c.threshold_mode = config_dict.placeholder(str)  # fixed | adaptive (DS-ATGO)
+  c.surrogate = config_dict.placeholder(str)  # sigmoid | atan | rectangular | triangle
+  c.alpha = config_dict.placeholder(float)  # initial sharpness (None: family default)
+  c.surrogate_mode = config_dict.placeholder(str)  # per_step | per_layer | fixed | dynamic
+  c.dynamic_stat = config_dict.placeholder(str)  # DS-ATGO width statistic: std | threshold
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def neuron_spec(neuron_cfg: Any) -> neurons.NeuronSpec:
+  fields = dict(neuron_cfg)
+  name = fields.pop("name")
+  return neurons.resolve_spec(name, **fields)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # parameter init, data order, per-step randomness
+  c.dataset = "digits"  # data registry name (cfsnn_jax.data.DATASETS)
+  c.data_dir = ""  # where the dataset lives on disk (unused by embedded datasets)
+  c.num_steps = 4  # T
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"  # model registry name (cfsnn_jax.models.MODELS); other fields: kwargs
+  c.neuron = neuron_config("cf")
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "ce"  # ce (time-mean logits) | tet
+  c.loss.label_smoothing = 0.0  # epsilon
+  c.loss.tet_lambda = 1e-3  # TET MSE weight
+  c.loss.tet_phi = 1.0  # TET MSE target
+  c.loss.pn_weight = 1e-3  # lambda_PN (0 disables the PN loss)
+  c.loss.pn_variant = "mean"  # mean | sign
+  c.loss.pn_kappa = 1.0  # kappa of the sign variant
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"  # adamw | sgd
+  c.optimizer.learning_rate = 1e-3  # peak learning rate
+  c.optimizer.momentum = 0.9  # SGD momentum
+  c.optimizer.weight_decay = 0.0  # decoupled (adamw) / L2 (sgd); never on BN, bias, rho, w
+  c.optimizer.warmup_steps = 0  # linear warm-up steps
+  c.optimizer.schedule = "cosine"  # cosine | constant
+  c.optimizer.grad_clip = 0.0  # global-norm clip (0 disables)
+  c.batch_size = 64  # global batch size (all processes / devices)
+  c.num_epochs = 10  # training length in epochs of the training split
+  c.num_train_steps = -1  # overrides num_epochs when > 0
+  c.log_every_steps = 20  # train metrics to JSONL / TensorBoard
+  c.eval_every_steps = 0  # 0: evaluate once per epoch
+  c.checkpoint_every_steps = 0  # 0: checkpoint once per epoch (and always at the end)
+  c.keep_checkpoints = 2  # orbax max_to_keep
+  c.progress_bar = True  # tqdm progress bar on process 0
+  return c
+
+
+def validate_config(config: Any) -> None:
+  """Rejects bad names and numbers with one line, before data loading or compilation."""
+  from cfsnn_jax import data, models  # registries
+
+  data.validate_dataset_name(config.dataset)
+  models.validate_model_name(config.model.name)
+  neurons.validate_num_steps(config.num_steps)
+  neuron_spec(config.neuron)
+  losses.validate_loss_config(config.loss.name, config.loss.pn_variant)
+  if config.optimizer.name not in ("adamw", "sgd"):
+    raise ValueError(f"unknown optimizer {config.optimizer.name!r}; valid choices: adamw, sgd")
+  if config.optimizer.schedule not in ("cosine", "constant"):
+    raise ValueError(f"unknown schedule {config.optimizer.schedule!r}; valid choices: "
+                     "constant, cosine")
+  if config.batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")

@@ -1,0 +1,81 @@
+"""Random-access data sources and the dataset description every loader returns.
+
+Contract: a loader returns ``DatasetSplits(train, test, info)`` where ``train`` / ``test`` are
+random-access sources (``len`` + ``__getitem__`` -> ``{"image": np.ndarray, "label": int}``)
+that grain's ``MapDataset.source`` accepts, and ``info`` says the number of classes, the
+per-example input shape and whether the input is static (``[...]``, repeated over T by the
+model) or time-major events (``[T, ...]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+
+class RandomAccessSource(Protocol):
+  def __len__(self) -> int: ...
+  def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  name: str
+  num_classes: int
+  input_shape: tuple[int, ...]  # one example, without batch (and, for events, without T)
+  static_input: bool = True  # False: examples are time-major event frames [T, ...]
+  synthetic: bool = False  # True for generated data (never reported as a benchmark result)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSplits:
+  train: RandomAccessSource
+  test: RandomAccessSource
+  info: DatasetInfo
+
+
+class ArraySource:
+  """In-memory source over aligned numpy arrays (one example per leading index)."""
+
+  def __init__(self, **arrays: np.ndarray):
+    lengths = {len(v) for v in arrays.values()}
+    if len(lengths) != 1:
+      raise ValueError(f"ArraySource arrays differ in length: "
+                       f"{ {k: len(v) for k, v in arrays.items()} }")
+    self._arrays = arrays
+    self._len = lengths.pop()
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {k: v[index] for k, v in self._arrays.items()}
+
+  @property
+  def arrays(self) -> dict[str, np.ndarray]:
+    return self._arrays
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-class split: in each class, a seeded permutation; the first round(n * test_fraction)
+  indices go to test. Returns sorted (train_idx, test_idx)."""
+  rng = np.random.default_rng(seed)
+  train: list[np.ndarray] = []
+  test: list[np.ndarray] = []
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    idx = idx[rng.permutation(len(idx))]
+    n_test = int(round(len(idx) * test_fraction))
+    test.append(idx[:n_test])
+    train.append(idx[n_test:])
+  return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def check_input_shape(shape: Sequence[int]) -> tuple[int, ...]:
+  shape = tuple(int(s) for s in shape)
+  if not shape or min(shape) < 1:
+    raise ValueError(f"impossible input shape {shape}")
+  return shape

@@ -1,0 +1,50 @@
+"""Command-line entry point: ``python -m cfsnn_jax.main --config=configs/X.py --workdir=DIR``.
+
+Flags: ``--config`` (an ml_collections config file, locked so a misspelt ``--config.x=``
+fails with "did you mean"; default ``configs/default.py``), ``--workdir``, and multi-host
+flags (``--coordinator_address``, ``--num_processes``, ``--process_id``; on TPU pods and SLURM
+``jax.distributed.initialize()`` finds them itself with ``--distributed``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "default.py")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Experiment config file (configs/*.py[:variant]).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/cfsnn_jax", "Output directory (config.json, "
+                               "metrics.jsonl, TensorBoard events, checkpoints).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
+                                 "(auto-detects TPU pods / SLURM).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for "
+                                   "explicit multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax / absl INFO chatter off; progress is ours
+  import jax
+  if _COORDINATOR.value is not None:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  from cfsnn_jax import train
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except ValueError as e:  # bad input: one clear line, no traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,42 @@
+"""Model registry: spiking models picked by ``config.model.name``.
+
+``build_model(model_cfg, neuron, *, input_shape, num_classes, static_input, rngs)`` looks up
+the name, passes the model's own fields of ``model_cfg`` (everything but ``name``) as keyword
+arguments and returns the NNX module. Unknown names fail with one line naming the choices.
+Families register themselves here; each lives in its own module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from flax import nnx
+
+from cfsnn_jax.layers import NeuronFactory
+from cfsnn_jax.models.convnet import SpikingConvNet
+from cfsnn_jax.models.mlp import SpikingMLP
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {
+    "mlp": SpikingMLP,
+    "convnet": SpikingConvNet,
+}
+
+
+def validate_model_name(name: str) -> None:
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(sorted(MODELS))}")
+
+
+def build_model(model_cfg: Any, neuron: NeuronFactory, *, input_shape: Sequence[int],
+                num_classes: int, static_input: bool, rngs: nnx.Rngs) -> nnx.Module:
+  kwargs = dict(model_cfg)
+  name = kwargs.pop("name")
+  validate_model_name(name)
+  return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, neuron=neuron,
+                      static_input=static_input, rngs=rngs, **kwargs)
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of trainable scalars (``nnx.Param``)."""
+  import jax
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

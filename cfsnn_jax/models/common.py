@@ -1,0 +1,54 @@
+"""Building blocks shared by the spiking model families.
+
+Contract: every model's ``__call__(x)`` takes a static batch ``[B, ...]`` (repeated over T
+after the model's first stateless layer, which acts as the encoder) or, for event data, a
+time-major batch ``[T, B, ...]``, and returns ``(logits_TBK, aux)`` with ``aux`` a
+``layers.NeuronAux`` whose fields are ``[L, T]`` (one row per spiking layer).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cfsnn_jax.layers import fold, unfold
+
+
+def to_time_major(x: jax.Array, num_steps: int, static_input: bool) -> jax.Array:
+  """Static ``[B, ...]`` -> ``[T, B, ...]`` by repetition; event input is returned as is."""
+  if static_input:
+    return jnp.broadcast_to(x[None], (num_steps,) + x.shape)
+  if x.shape[0] != num_steps:
+    raise ValueError(f"event input must be time-major [T={num_steps}, B, ...], got {x.shape}")
+  return x
+
+
+class TimeBatchNorm(nnx.Module):
+  """BatchNorm over ``T*B`` jointly (tdBN-style, default) or per time step (TEBN-style).
+
+  ``per_step=True`` keeps separate statistics and affine parameters for each step by
+  normalising ``[B, ...]`` slices with a vmapped BatchNorm.
+  """
+
+  def __init__(self, num_features: int, num_steps: int, *, per_step: bool = False,
+               momentum: float = 0.9, epsilon: float = 1e-5, rngs: nnx.Rngs):
+    self.per_step = per_step
+    self.num_steps = num_steps
+    if per_step:
+      @nnx.split_rngs(splits=num_steps)
+      @nnx.vmap(in_axes=0, out_axes=0)
+      def make(rngs):
+        return nnx.BatchNorm(num_features, momentum=momentum, epsilon=epsilon, rngs=rngs)
+      self.bn = make(rngs)
+    else:
+      self.bn = nnx.BatchNorm(num_features, momentum=momentum, epsilon=epsilon, rngs=rngs)
+
+  def __call__(self, x_TB: jax.Array) -> jax.Array:
+    if not self.per_step:
+      return unfold(self.bn(fold(x_TB)), x_TB.shape[0])
+
+    @nnx.vmap(in_axes=(0, 0), out_axes=0)
+    def apply(bn, x_B):
+      return bn(x_B)
+    return apply(self.bn, x_TB)

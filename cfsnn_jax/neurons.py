@@ -1,0 +1,406 @@
+"""Spiking neuron family as pure JAX functions (METHOD.md §1, §2, §4).
+
+Layout convention (stated once for the whole package): tensors are **time-major**,
+``x_TB...`` has shape ``[T, B, ...]``. Stateless layers fold time into the batch
+(``[T*B, ...]``); only the neuron below scans over ``T`` with ``jax.lax.scan``.
+
+Contract:
+- ``NeuronSpec`` is a frozen, hashable description of one neuron setting (charge model,
+  levels ``D``, ``signed``, reset, surrogate, threshold mode). ``resolve_spec`` builds it from
+  a preset name plus overrides and rejects bad values with one line naming valid choices.
+- ``spike(h, theta, alpha, levels, signed, surrogate)`` is a ``jax.custom_vjp``: forward is the
+  exact D-level staircase; backward is the surrogate ``sum_k g_alpha(h - k*theta)`` and it
+  returns a cotangent for ``alpha`` (and ``theta``) as if the forward were the smooth
+  primitive ``sum_k G_alpha(h - k*theta)``.
+- ``run_neuron(x_TB, spec, alpha_T, decay, theta_T)`` charges, fires and resets over time and
+  returns ``(S_TB, H_TB, theta_T)``; no hidden state, no reset calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# --------------------------------------------------------------------------------------------
+# Surrogate families. Each is written as a function of z = alpha * v:
+#   unit derivative phi(z) = G'(z), so   g_alpha(v) = alpha * phi(alpha v)
+#   and                                   dG_alpha(v)/d alpha = v * phi(alpha v).
+# No raw exp: sigmoid uses jax.nn.sigmoid on both sides, the rest are rational/piecewise.
+# --------------------------------------------------------------------------------------------
+
+
+def _sigmoid_phi(z: Array) -> Array:
+  return jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
+
+
+def _sigmoid_prim(z: Array) -> Array:
+  return jax.nn.sigmoid(z)
+
+
+def _atan_phi(z: Array) -> Array:
+  return 0.5 / (1.0 + jnp.square(0.5 * math.pi * z))
+
+
+def _atan_prim(z: Array) -> Array:
+  return jnp.arctan(0.5 * math.pi * z) / math.pi + 0.5
+
+
+def _rect_phi(z: Array) -> Array:
+  return (jnp.abs(z) < 0.5).astype(z.dtype)
+
+
+def _rect_prim(z: Array) -> Array:
+  return jnp.clip(z + 0.5, 0.0, 1.0)
+
+
+def _tri_phi(z: Array) -> Array:
+  return jnp.maximum(0.0, 1.0 - jnp.abs(z)).astype(z.dtype)
+
+
+def _tri_prim(z: Array) -> Array:
+  zc = jnp.clip(z, -1.0, 1.0)
+  return jnp.where(zc < 0, 0.5 * jnp.square(1.0 + zc), 1.0 - 0.5 * jnp.square(1.0 - zc))
+
+
+class Surrogate(NamedTuple):
+  phi: Callable[[Array], Array]  # G'(z), z = alpha * v
+  primitive: Callable[[Array], Array]  # G(z)
+  default_alpha: float
+
+
+SURROGATES: dict[str, Surrogate] = {
+    "sigmoid": Surrogate(_sigmoid_phi, _sigmoid_prim, 4.0),
+    "atan": Surrogate(_atan_phi, _atan_prim, 2.0),
+    "rectangular": Surrogate(_rect_phi, _rect_prim, 1.0),
+    "triangle": Surrogate(_tri_phi, _tri_prim, 1.0),
+}
+
+
+def surrogate_grad(name: str, v: Array, alpha: Array) -> Array:
+  """g_alpha(v): the surrogate derivative of a unit step at v = 0."""
+  return alpha * SURROGATES[name].phi(alpha * v)
+
+
+def surrogate_primitive(name: str, v: Array, alpha: Array) -> Array:
+  """G_alpha(v): the smooth step whose derivative is ``surrogate_grad``."""
+  return SURROGATES[name].primitive(alpha * v)
+
+
+# --------------------------------------------------------------------------------------------
+# The spike: exact D-level staircase forward, surrogate backward (custom_vjp).
+# --------------------------------------------------------------------------------------------
+
+
+def staircase(h: Array, theta: Array, levels: int, signed: bool) -> Array:
+  """Exact forward of METHOD.md §1 (fire): clip(floor(h/theta), 0, D), optionally signed."""
+  if signed:
+    return jnp.sign(h) * jnp.clip(jnp.floor(jnp.abs(h) / theta), 0, levels)
+  return jnp.clip(jnp.floor(h / theta), 0, levels)
+
+
+def smooth_staircase(h: Array, theta: Array, alpha: Array, levels: int, signed: bool,
+                     surrogate: str) -> Array:
+  """The smooth primitive sum_k G_alpha(h - k theta) whose gradients the spike's backward uses."""
+  ks = jnp.arange(1, levels + 1, dtype=h.dtype)
+  mag = jnp.abs(h) if signed else h
+  v = mag[..., None] - ks * jnp.asarray(theta, h.dtype)[..., None]
+  out = surrogate_primitive(surrogate, v, jnp.asarray(alpha, h.dtype)).sum(-1)
+  return jnp.sign(h) * out if signed else out
+
+
+def _sum_to_shape(x: Array, shape: tuple[int, ...], dtype: Any) -> Array:
+  x = x.astype(jnp.float32)
+  if x.shape != tuple(shape):
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(shape) if d == 1 and x.shape[lead + i] != 1)
+    x = x.sum(axis=axes, keepdims=False)
+    x = x.reshape(shape)
+  return x.astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def spike(h: Array, theta: Array, alpha: Array, levels: int, signed: bool,
+          surrogate: str) -> Array:
+  """D-level (optionally signed) spike with a learnable-shape surrogate gradient.
+
+  ``theta`` and ``alpha`` broadcast against ``h`` (scalars in the neuron scan). The output
+  has ``h``'s dtype. Backward returns cotangents for ``h``, ``theta`` and ``alpha`` with their
+  own shapes and dtypes.
+  """
+  return staircase(h, jnp.asarray(theta, h.dtype), levels, signed).astype(h.dtype)
+
+
+def _spike_fwd(h, theta, alpha, levels, signed, surrogate):
+  return spike(h, theta, alpha, levels, signed, surrogate), (h, theta, alpha)
+
+
+def _spike_bwd(levels, signed, surrogate, res, g_out):
+  h, theta, alpha = res
+  phi = SURROGATES[surrogate].phi
+  compute = jnp.promote_types(h.dtype, jnp.float32)
+  hc = h.astype(compute)
+  th = jnp.asarray(theta, compute)
+  al = jnp.asarray(alpha, compute)
+  mag = jnp.abs(hc) if signed else hc
+  sgn = jnp.sign(hc) if signed else None
+  d_h = jnp.zeros_like(hc)
+  d_alpha = jnp.zeros_like(hc)
+  d_theta = jnp.zeros_like(hc)
+  for k in range(1, levels + 1):  # D is small and static: unrolled, fused by XLA
+    v = mag - k * th
+    p = phi(al * v)
+    d_h = d_h + al * p  # d/dh of sign(h) G(|h| - k theta) is g(|h| - k theta): sign^2 = 1
+    d_alpha = d_alpha + v * p
+    d_theta = d_theta - k * al * p
+  go = g_out.astype(compute)
+  if signed:
+    d_alpha = d_alpha * sgn
+    d_theta = d_theta * sgn
+  ct_h = (go * d_h).astype(h.dtype)
+  ct_alpha = _sum_to_shape(go * d_alpha, jnp.shape(alpha), jnp.result_type(alpha))
+  ct_theta = _sum_to_shape(go * d_theta, jnp.shape(theta), jnp.result_type(theta))
+  return ct_h, ct_theta, ct_alpha
+
+
+spike.defvjp(_spike_fwd, _spike_bwd)
+
+# --------------------------------------------------------------------------------------------
+# Neuron settings.
+# --------------------------------------------------------------------------------------------
+
+CHARGES = ("if", "lif", "plif")
+RESETS = ("soft", "hard")
+SURROGATE_MODES = ("per_step", "per_layer", "fixed", "dynamic")
+THRESHOLD_MODES = ("fixed", "adaptive")
+DYNAMIC_STATS = ("std", "threshold")
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuronSpec:
+  """One neuron setting. Hashable, so it can be a static argument of jitted code."""
+  charge: str = "lif"  # if | lif | plif (METHOD.md §1)
+  tau: float = 2.0  # LIF time constant: decay = 1 - 1/tau
+  decay_init: float = 0.5  # PLIF: initial decay sigmoid(w)
+  levels: int = 1  # D: maximum spikes per step
+  signed: bool = False  # ternary / signed multi-level firing
+  reset: str = "hard"  # soft (subtract) | hard (to v_reset)
+  v_reset: float = 0.0
+  detach_reset: bool = False  # stop_gradient on the reset term
+  decay_input: bool = False  # SpikingJelly form H = l U + (1 - l) x
+  threshold: float = 1.0  # base threshold theta
+  threshold_mode: str = "fixed"  # fixed | adaptive (DS-ATGO forward AT)
+  adaptive_fc: float = 1.0  # DS-ATGO f_c
+  adaptive_momentum: float = 0.1  # DS-ATGO EMA momentum m
+  surrogate: str = "sigmoid"  # sigmoid | atan | rectangular | triangle
+  alpha: float = 4.0  # initial sharpness alpha_0
+  surrogate_mode: str = "per_step"  # per_step | per_layer | fixed | dynamic (DS-ATGO TGO)
+  dynamic_stat: str = "std"  # DS-ATGO width statistic: std (official code) | threshold (paper)
+  dynamic_base_width: float = 1.0  # DS-ATGO k
+
+  @property
+  def learnable_alpha(self) -> bool:
+    return self.surrogate_mode in ("per_step", "per_layer")
+
+  @property
+  def adaptive(self) -> bool:
+    return self.threshold_mode == "adaptive"
+
+
+# Named presets (the config's ``neuron.name``); explicit config fields override them.
+NEURON_PRESETS: dict[str, dict[str, Any]] = {
+    "if": dict(charge="if", levels=1, signed=False, reset="hard"),
+    "lif": dict(charge="lif", levels=1, signed=False, reset="hard"),
+    "plif": dict(charge="plif", levels=1, signed=False, reset="hard"),
+    # Circulate-firing: D = 4 unsigned, soft reset (METHOD.md §1 default).
+    "cf": dict(charge="lif", levels=4, signed=False, reset="soft"),
+    "cf_signed": dict(charge="lif", levels=4, signed=True, reset="soft"),
+    # DS-ATGO (METHOD.md §4): PLIF decay 0.2, hard reset, binary spike, adaptive threshold,
+    # rectangular surrogate of dynamic width.
+    "dsatgo": dict(charge="plif", decay_init=0.2, levels=1, signed=False, reset="hard",
+                   threshold_mode="adaptive", surrogate="rectangular",
+                   surrogate_mode="dynamic"),
+}
+
+
+def _choice(field: str, value: Any, choices) -> None:
+  if value not in choices:
+    raise ValueError(f"unknown {field} {value!r}; valid choices: {', '.join(map(str, choices))}")
+
+
+def resolve_spec(name: str, **overrides: Any) -> NeuronSpec:
+  """Builds a validated ``NeuronSpec`` from a preset name and non-None overrides.
+
+  ``alpha=None`` takes the surrogate family's default alpha_0. Raises ``ValueError`` with one
+  line naming the valid choices (before anything is traced or compiled).
+  """
+  _choice("neuron", name, NEURON_PRESETS)
+  fields = {f.name for f in dataclasses.fields(NeuronSpec)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"unknown neuron field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
+  kw: dict[str, Any] = dict(NEURON_PRESETS[name])
+  kw.update({k: v for k, v in overrides.items() if v is not None})
+  _choice("surrogate", kw.get("surrogate", "sigmoid"), SURROGATES)
+  if "alpha" not in kw:
+    kw["alpha"] = SURROGATES[kw.get("surrogate", "sigmoid")].default_alpha
+  spec = NeuronSpec(**kw)
+  validate_spec(spec)
+  return spec
+
+
+def validate_spec(spec: NeuronSpec) -> None:
+  """Raises ValueError (one line) for impossible settings."""
+  _choice("charge", spec.charge, CHARGES)
+  _choice("reset", spec.reset, RESETS)
+  _choice("surrogate", spec.surrogate, SURROGATES)
+  _choice("surrogate_mode", spec.surrogate_mode, SURROGATE_MODES)
+  _choice("threshold_mode", spec.threshold_mode, THRESHOLD_MODES)
+  _choice("dynamic_stat", spec.dynamic_stat, DYNAMIC_STATS)
+  if int(spec.levels) != spec.levels or spec.levels < 1:
+    raise ValueError(f"neuron levels D must be an integer >= 1, got {spec.levels}")
+  if not spec.threshold > 0:
+    raise ValueError(f"neuron threshold must be > 0, got {spec.threshold}")
+  if not spec.alpha > 0:
+    raise ValueError(f"surrogate alpha must be > 0, got {spec.alpha}")
+  if spec.charge == "lif" and not spec.tau >= 1:
+    raise ValueError(f"LIF tau must be >= 1 (decay = 1 - 1/tau in [0, 1)), got {spec.tau}")
+  if spec.charge == "plif" and not 0 < spec.decay_init < 1:
+    raise ValueError(f"PLIF decay_init must be in (0, 1), got {spec.decay_init}")
+  if spec.dynamic_base_width <= 0:
+    raise ValueError(f"dynamic_base_width must be > 0, got {spec.dynamic_base_width}")
+
+
+def validate_num_steps(num_steps: int) -> None:
+  if int(num_steps) != num_steps or num_steps < 1:
+    raise ValueError(f"num_steps T must be an integer >= 1, got {num_steps}")
+
+
+# --------------------------------------------------------------------------------------------
+# DS-ATGO statistics (METHOD.md §4).
+# --------------------------------------------------------------------------------------------
+
+
+def adaptive_threshold(h: Array, fc: float) -> Array:
+  """theta_t = f_c (mean(H_t) + std(H_t)) over every axis (batch, channels, space); unbiased
+  std; no gradient. Under jit on a sharded H this is the global-batch statistic."""
+  h = jax.lax.stop_gradient(h).astype(jnp.float32)
+  return fc * (jnp.mean(h) + jnp.std(h, ddof=1))
+
+
+def dynamic_width(delta: Array, base_width: float) -> Array:
+  """DS-ATGO width rule: k (1 - tanh(1 - delta)) if delta < 1 else k (1 + tanh(delta - 1))."""
+  return jnp.where(delta < 1, base_width * (1 - jnp.tanh(1 - delta)),
+                   base_width * (1 + jnp.tanh(delta - 1)))
+
+
+# --------------------------------------------------------------------------------------------
+# Charge / fire / reset over time.
+# --------------------------------------------------------------------------------------------
+
+
+def lif_decay(spec: NeuronSpec) -> float:
+  """Fixed decay lambda for IF / LIF (PLIF's is a parameter: sigmoid(w))."""
+  return 1.0 if spec.charge == "if" else 1.0 - 1.0 / spec.tau
+
+
+def _fired(h: Array, s: Array, theta: Array, alpha: Array, spec: NeuronSpec) -> Array:
+  """Indicator [S != 0] with a surrogate gradient, used by hard reset.
+
+  For the binary unsigned spike it is S itself. For multi-level / signed spikes it is the
+  one-level spike of |H| (same surrogate), so the reset keeps a gradient path.
+  """
+  if spec.levels == 1 and not spec.signed:
+    return s
+  mag = jnp.abs(h) if spec.signed else h
+  return spike(mag, theta, alpha, 1, False, spec.surrogate)
+
+
+def run_neuron(x_TB: Array, spec: NeuronSpec, *, alpha_T: Array, decay: Array | float,
+               theta_T: Array | None = None, training: bool = True,
+               unroll: int | bool = 1) -> tuple[Array, Array, Array]:
+  """Runs the neuron over time.
+
+  Args:
+    x_TB: input current ``[T, B, ...]``.
+    spec: the neuron setting.
+    alpha_T: surrogate sharpness per step, shape ``[T]`` (ignored for ``dynamic``).
+    decay: lambda (scalar; PLIF passes sigmoid(w), differentiable).
+    theta_T: threshold per step ``[T]``. Fixed mode: the base threshold; adaptive mode: the
+      EMA used at evaluation (ignored when ``training``).
+    training: adaptive threshold computed from H_t statistics when True.
+    unroll: passed to ``lax.scan``.
+
+  Returns:
+    ``S_TB`` (spikes, x's dtype), ``H_TB`` (pre-fire potential), ``theta_T`` (thresholds used,
+    float32; adaptive training mode: the fresh batch statistics for the EMA update).
+  """
+  T = x_TB.shape[0]
+  dtype = x_TB.dtype
+  if theta_T is None:
+    theta_T = jnp.full((T,), spec.threshold, jnp.float32)
+  alpha_T = jnp.broadcast_to(jnp.asarray(alpha_T, jnp.float32), (T,))
+  theta_T = jnp.broadcast_to(jnp.asarray(theta_T, jnp.float32), (T,))
+  decay = jnp.asarray(decay, jnp.float32)
+  lam = decay.astype(dtype)
+  in_scale = (1 - decay).astype(dtype) if spec.decay_input else None
+  use_adaptive = spec.adaptive and training
+
+  def step(u_prev, inputs):
+    x_t, alpha_t, theta_t = inputs
+    h = lam * u_prev + (x_t * in_scale if in_scale is not None else x_t)
+    if use_adaptive:
+      theta_t = adaptive_threshold(h, spec.adaptive_fc)
+    theta_t = jax.lax.stop_gradient(theta_t) if spec.adaptive else theta_t
+    if spec.surrogate_mode == "dynamic":
+      stat = (jnp.std(jax.lax.stop_gradient(h).astype(jnp.float32), ddof=1)
+              if spec.dynamic_stat == "std" else theta_t)
+      alpha_t = jax.lax.stop_gradient(1.0 / dynamic_width(stat, spec.dynamic_base_width))
+    th = theta_t.astype(dtype)
+    s = spike(h, th, alpha_t, spec.levels, spec.signed, spec.surrogate)
+    reset_s = jax.lax.stop_gradient(s) if spec.detach_reset else s
+    if spec.reset == "soft":
+      u = h - reset_s * th
+    else:
+      fired = _fired(h, s, th, alpha_t, spec)
+      fired = jax.lax.stop_gradient(fired) if spec.detach_reset else fired
+      u = h * (1 - fired) + spec.v_reset * fired
+    return u, (s, h, theta_t)
+
+  u0 = jnp.zeros(x_TB.shape[1:], dtype)
+  _, (S_TB, H_TB, theta_used_T) = jax.lax.scan(step, u0, (x_TB, alpha_T, theta_T),
+                                                unroll=unroll)
+  return S_TB, H_TB, theta_used_T
+
+
+def alpha_from_rho(rho: Array) -> Array:
+  """alpha = softplus(rho) (positive)."""
+  return jax.nn.softplus(rho)
+
+
+def rho_for_alpha(alpha0: float) -> float:
+  """Inverse softplus, so that softplus(rho) == alpha0 at initialisation."""
+  return float(alpha0 + math.log(-math.expm1(-alpha0)))
+
+
+def gradient_available(h: Array, theta: Array, alpha: Array, spec: NeuronSpec) -> Array:
+  """Boolean mask of potentials whose surrogate gradient is available (METHOD.md §4 analysis).
+
+  Compact families (rectangular, triangle): inside the support of g_alpha around some level
+  k*theta. Smooth families (sigmoid, atan): g_alpha(v) >= 1% of its peak.
+  """
+  ks = jnp.arange(1, spec.levels + 1, dtype=jnp.float32)
+  mag = jnp.abs(h) if spec.signed else h
+  v = mag.astype(jnp.float32)[..., None] - ks * jnp.asarray(theta, jnp.float32)
+  phi = SURROGATES[spec.surrogate].phi
+  p = phi(jnp.asarray(alpha, jnp.float32) * v)
+  if spec.surrogate in ("rectangular", "triangle"):
+    return (p > 0).any(-1)
+  return (p >= 0.01 * phi(jnp.zeros((), jnp.float32))).any(-1)

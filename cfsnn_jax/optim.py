@@ -1,0 +1,46 @@
+"""Optax optimizer from the config: AdamW or SGD + momentum, cosine or constant schedule with
+linear warm-up, weight decay masked to weight matrices / kernels only (never BatchNorm, biases,
+surrogate ``rho`` or PLIF decay logits), optional global-norm clipping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+
+def decay_mask(params: Any) -> Any:
+  """True for leaves that get weight decay: kernels / embeddings with ndim >= 2."""
+  def is_weight(path, leaf):
+    name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+    return leaf.ndim >= 2 and name in ("kernel", "embedding")
+  return jax.tree_util.tree_map_with_path(is_weight, params)
+
+
+def learning_rate_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
+  lr = opt_cfg.learning_rate
+  warmup = max(0, min(int(opt_cfg.warmup_steps), total_steps - 1))
+  if opt_cfg.schedule == "constant":
+    main = optax.constant_schedule(lr)
+  else:
+    main = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup))
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(opt_cfg, total_steps)
+  parts = []
+  if opt_cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip))
+  if opt_cfg.name == "adamw":
+    parts.append(optax.adamw(schedule, weight_decay=opt_cfg.weight_decay, mask=decay_mask))
+  elif opt_cfg.name == "sgd":
+    if opt_cfg.weight_decay > 0:
+      parts.append(optax.add_decayed_weights(opt_cfg.weight_decay, mask=decay_mask))
+    parts.append(optax.sgd(schedule, momentum=opt_cfg.momentum, nesterov=False))
+  else:
+    raise ValueError(f"unknown optimizer {opt_cfg.name!r}; valid choices: adamw, sgd")
+  return optax.chain(*parts)

@@ -1,0 +1,227 @@
+"""Training loop: state, jitted step functions, evaluation, checkpoints and metrics.
+
+Contract: ``train_and_evaluate(config, workdir) -> summary dict``. The config is validated
+first (one-line errors before any compilation). Data parallel over every device with one
+``jax.make_mesh`` axis ``data``: the batch is sharded, parameters / BN statistics are
+replicated, and batch statistics are global because the step is one SPMD program. The state
+(parameters, non-parameter model state such as BN statistics and DS-ATGO thresholds,
+optimizer state, step, RNG) and the data-iterator state are saved together by orbax every
+``checkpoint_every_steps`` and at the end; a run resumes from the latest checkpoint in
+``workdir``. Only process 0 writes files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cfsnn_jax import checkpointing, config_schema, data, losses, models, optim
+from cfsnn_jax.data import pipeline
+from cfsnn_jax.layers import NeuronAux, NeuronFactory
+from cfsnn_jax.metric_writers import MetricWriter
+
+State = dict[str, Any]
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def build_model(config: Any, info: data.sources.DatasetInfo, rngs: nnx.Rngs) -> nnx.Module:
+  spec = config_schema.neuron_spec(config.neuron)
+  factory = NeuronFactory(spec, config.num_steps, pn_kappa=config.loss.pn_kappa)
+  return models.build_model(config.model, factory, input_shape=info.input_shape,
+                            num_classes=info.num_classes, static_input=info.static_input,
+                            rngs=rngs)
+
+
+def _forward_metrics(model: nnx.Module, batch: dict, loss_cfg: Any):
+  logits_TBK, aux = model(batch["image"])
+  labels = batch["label"]
+  task = losses.task_loss(loss_cfg.name, logits_TBK, labels,
+                          label_smoothing=loss_cfg.label_smoothing,
+                          tet_lambda=loss_cfg.tet_lambda, tet_phi=loss_cfg.tet_phi)
+  pn = losses.pn_loss(aux, loss_cfg.pn_variant)
+  loss = task + loss_cfg.pn_weight * pn if loss_cfg.pn_weight else task
+  correct = (jnp.argmax(logits_TBK.mean(0), -1) == labels).astype(jnp.float32)
+  return loss, (task, pn, correct, aux)
+
+
+def train_step(state: State, batch: dict, *, graphdef, tx: optax.GradientTransformation,
+               loss_cfg: Any) -> tuple[State, dict]:
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params, state["rest"], copy=True)
+    loss, (task, pn, correct, aux) = _forward_metrics(model, batch, loss_cfg)
+    return loss, (nnx.state(model, nnx.Not(nnx.Param)), task, pn, correct, aux)
+
+  (loss, (rest, task, pn, correct, aux)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  metrics = {"loss": loss, "task_loss": task, "pn_loss": pn, "accuracy": correct.mean(),
+             "firing_rate": aux.rate_T.mean(), "grad_norm": optax.global_norm(grads)}
+  new_state = dict(state, params=params, rest=rest, opt_state=opt_state,
+                   step=state["step"] + 1)
+  return new_state, metrics
+
+
+def eval_step(state: State, batch: dict, *, graphdef, loss_cfg: Any) -> dict:
+  model = nnx.merge(graphdef, state["params"], state["rest"])
+  loss, (_, _, correct, aux) = _forward_metrics(model, batch, loss_cfg)
+  mask = batch["mask"]
+  return {"correct": (correct * mask).sum(), "count": mask.sum(),
+          "loss_sum": loss * mask.sum(), "rate_LT": aux.rate_T}
+
+
+def _steps(config: Any, num_train: int) -> tuple[int, int]:
+  steps_per_epoch = max(1, num_train // config.batch_size)
+  total = config.num_train_steps if config.num_train_steps > 0 else (
+      config.num_epochs * steps_per_epoch)
+  return steps_per_epoch, total
+
+
+def evaluate(state: State, eval_fn, batches: pipeline.EvalBatches, to_global) -> dict:
+  sums = {"correct": 0.0, "count": 0.0, "loss_sum": 0.0}
+  rates = []
+  for batch in batches:
+    out = eval_fn(state, to_global(batch))
+    for k in sums:
+      sums[k] += float(out[k])
+    rates.append(np.asarray(out["rate_LT"]))
+  count = max(sums["count"], 1.0)
+  return {"accuracy": sums["correct"] / count, "loss": sums["loss_sum"] / count,
+          "firing_rate": float(np.mean(rates))}
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict:
+  config_schema.validate_config(config)
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  num_devices = jax.device_count()
+  pipeline.check_batch_size(config.batch_size, jax.process_count(), num_devices)
+
+  splits = data.load_dataset(config)
+  info = splits.info
+  steps_per_epoch, total_steps = _steps(config, len(splits.train))
+  eval_every = config.eval_every_steps or steps_per_epoch
+  ckpt_every = config.checkpoint_every_steps or steps_per_epoch
+
+  key = jax.random.key(config.seed)
+  model = build_model(config, info, nnx.Rngs(params=jax.random.fold_in(key, 0)))
+  num_params = models.count_params(model)
+  model.eval()
+  eval_graphdef = nnx.graphdef(model)
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optim.make_optimizer(config.optimizer, total_steps)
+  state: State = {"params": params, "rest": rest, "opt_state": tx.init(params),
+                  "step": jnp.zeros((), jnp.int32),
+                  "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+
+  mesh = make_mesh()
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+  state = jax.device_put(state, replicated)
+
+  def to_global(batch: dict) -> dict:
+    return {k: jax.make_array_from_process_local_data(batch_sharding, v)
+            for k, v in batch.items()}
+
+  train_iter = pipeline.train_iterator(
+      splits.train, config.batch_size, config.seed, augment=data.train_augment(config, info),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  eval_batches = pipeline.EvalBatches(
+      splits.test, config.batch_size, transform=data.eval_transform(config, info),
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+  state, start_step = checkpointing.restore_latest(manager, state, train_iter)
+
+  p_train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx,
+                                      loss_cfg=config.loss),
+                    donate_argnums=(0,), out_shardings=(replicated, replicated))
+  p_eval = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, loss_cfg=config.loss))
+
+  writer = MetricWriter(workdir, enabled=is_writer)
+  if is_writer:
+    print(f"cfsnn_jax: {config.model.name} on {info.name} ({len(splits.train)} train / "
+          f"{len(splits.test)} test), {num_params:,} parameters, T={config.num_steps}, "
+          f"neuron={config.neuron.name}, {num_devices} device(s) "
+          f"[{jax.devices()[0].platform}], {total_steps} steps"
+          + (f", resuming at step {start_step}" if start_step else ""), flush=True)
+
+  from tqdm.auto import tqdm
+  bar = tqdm(total=total_steps, initial=start_step, disable=not (is_writer and
+                                                                  config.progress_bar),
+             dynamic_ncols=True, desc="train")
+  history = {"best_accuracy": 0.0, "last_eval": None}
+  pending = None  # metrics of the previous step, pulled one step late
+  train_time = 0.0
+  images = 0
+  t_start = time.perf_counter()
+  for step in range(start_step, total_steps):
+    batch = to_global(next(train_iter))
+    state, metrics = p_train(state, batch)
+    images += config.batch_size
+    if pending is not None:
+      _log_train(writer, bar, *pending, config.log_every_steps)
+    pending = (step + 1, metrics)
+    done = step + 1
+    if done % eval_every == 0 or done == total_steps:
+      _log_train(writer, bar, *pending, config.log_every_steps, force=True)
+      pending = None
+      train_time += time.perf_counter() - t_start
+      ev = evaluate(state, p_eval, eval_batches, to_global)
+      history["best_accuracy"] = max(history["best_accuracy"], ev["accuracy"])
+      history["last_eval"] = ev
+      writer.write(done, "test", ev)
+      bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
+      t_start = time.perf_counter()
+    if done % ckpt_every == 0 or done == total_steps:
+      checkpointing.save(manager, done, state, train_iter)
+  bar.close()
+  train_time += time.perf_counter() - t_start
+  manager.wait_until_finished()
+  manager.close()
+  ev = history["last_eval"] or evaluate(state, p_eval, eval_batches, to_global)
+  summary = {"test_accuracy": ev["accuracy"],
+             "best_test_accuracy": max(history["best_accuracy"], ev["accuracy"]),
+             "test_firing_rate": ev["firing_rate"], "train_time_s": train_time,
+             "images_per_s": images / max(train_time, 1e-9), "steps": total_steps,
+             "num_params": num_params}
+  writer.write(total_steps, "summary", summary)
+  writer.close()
+  if is_writer:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    print(f"final: test_accuracy={summary['test_accuracy']:.4f} "
+          f"best_test_accuracy={summary['best_test_accuracy']:.4f} "
+          f"firing_rate={summary['test_firing_rate']:.4f} "
+          f"train_time={summary['train_time_s']:.1f}s "
+          f"images/s={summary['images_per_s']:.0f} workdir={workdir}", flush=True)
+  summary["state"] = state
+  return summary
+
+
+def _log_train(writer: MetricWriter, bar, step: int, metrics: dict, every: int,
+               force: bool = False) -> None:
+  bar.update(step - bar.n)
+  if force or step % max(every, 1) == 0:
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    writer.write(step, "train", host)
+    bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['accuracy']:.3f}")

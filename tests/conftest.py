@@ -1,0 +1,42 @@
+"""Test set-up: 4 simulated CPU devices, float32 matmuls, and no network access."""
+
+import os
+import socket
+
+os.environ.setdefault("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir")
+
+import pytest  # noqa: E402
+
+_real_connect = socket.socket.connect
+_real_create_connection = socket.create_connection
+
+
+def _is_local(address) -> bool:
+  host = address[0] if isinstance(address, tuple) else address
+  return isinstance(host, str) and (host in ("localhost", "::1") or host.startswith("127.")
+                                    or host.startswith("/"))
+
+
+def _guarded_connect(self, address):
+  if self.family == socket.AF_UNIX or _is_local(address):
+    return _real_connect(self, address)
+  raise RuntimeError(f"network access blocked in tests: {address!r}")
+
+
+def _guarded_create_connection(address, *args, **kwargs):
+  if _is_local(address):
+    return _real_create_connection(address, *args, **kwargs)
+  raise RuntimeError(f"network access blocked in tests: {address!r}")
+
+
+socket.socket.connect = _guarded_connect
+socket.create_connection = _guarded_create_connection
+
+
+@pytest.fixture
+def tmp_workdir(tmp_path):
+  return str(tmp_path / "workdir")
