@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0  # parameter init, data order, per-step randomness
   c.dataset = "digits"  # data registry name (cfsnn_jax.data.DATASETS)
   c.data_dir = ""  # where the dataset lives on disk (unused by embedded datasets)
+  c.data = ml_collections.ConfigDict()  # dataset-specific options (cfsnn_jax.data docs)
   c.num_steps = 4  # T
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"  # model registry name (cfsnn_jax.models.MODELS); other fields: kwargs

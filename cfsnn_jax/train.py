@@ -44,11 +44,17 @@ def build_model(config: Any, info: data.sources.DatasetInfo, rngs: nnx.Rngs) -> 
   factory = NeuronFactory(spec, config.num_steps, pn_kappa=config.loss.pn_kappa)
   return models.build_model(config.model, factory, input_shape=info.input_shape,
                             num_classes=info.num_classes, static_input=info.static_input,
-                            rngs=rngs)
+                            rngs=rngs, vocab_size=info.vocab_size)
+
+
+def model_input(batch: dict, static_input: bool) -> jax.Array:
+  """Batches are example-major; event examples ``[B, T, ...]`` become time-major ``[T, B, ...]``."""
+  x = batch["image"]
+  return x if static_input else jnp.swapaxes(x, 0, 1)
 
 
 def _forward_metrics(model: nnx.Module, batch: dict, loss_cfg: Any):
-  logits_TBK, aux = model(batch["image"])
+  logits_TBK, aux = model(model_input(batch, model.static_input))
   labels = batch["label"]
   task = losses.task_loss(loss_cfg.name, logits_TBK, labels,
                           label_smoothing=loss_cfg.label_smoothing,

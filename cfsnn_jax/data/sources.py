@@ -27,6 +27,7 @@ class DatasetInfo:
   input_shape: tuple[int, ...]  # one example, without batch (and, for events, without T)
   static_input: bool = True  # False: examples are time-major event frames [T, ...]
   synthetic: bool = False  # True for generated data (never reported as a benchmark result)
+  vocab_size: int = 0  # text datasets: number of token ids (0 for images / events)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,10 +28,13 @@ def validate_model_name(name: str) -> None:
 
 
 def build_model(model_cfg: Any, neuron: NeuronFactory, *, input_shape: Sequence[int],
-                num_classes: int, static_input: bool, rngs: nnx.Rngs) -> nnx.Module:
+                num_classes: int, static_input: bool, rngs: nnx.Rngs,
+                vocab_size: int = 0) -> nnx.Module:
   kwargs = dict(model_cfg)
   name = kwargs.pop("name")
   validate_model_name(name)
+  if vocab_size:  # text models take the vocabulary size from the dataset
+    kwargs["vocab_size"] = vocab_size
   return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, neuron=neuron,
                       static_input=static_input, rngs=rngs, **kwargs)
 
