@@ -85,11 +85,13 @@ SURROGATES: dict[str, Surrogate] = {
 
 def surrogate_grad(name: str, v: Array, alpha: Array) -> Array:
   """g_alpha(v): the surrogate derivative of a unit step at v = 0."""
+  v = jnp.asarray(v, jnp.result_type(v, jnp.float32))
   return alpha * SURROGATES[name].phi(alpha * v)
 
 
 def surrogate_primitive(name: str, v: Array, alpha: Array) -> Array:
   """G_alpha(v): the smooth step whose derivative is ``surrogate_grad``."""
+  v = jnp.asarray(v, jnp.result_type(v, jnp.float32))
   return SURROGATES[name].primitive(alpha * v)
 
 

@@ -77,7 +77,7 @@ def train_step(state: State, batch: dict, *, graphdef, tx: optax.GradientTransfo
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   metrics = {"loss": loss, "task_loss": task, "pn_loss": pn, "accuracy": correct.mean(),
-             "firing_rate": aux.rate_T.mean(), "grad_norm": optax.global_norm(grads)}
+             "firing_rate": aux.rate_T.mean(), "grad_norm": optax.tree.norm(grads)}
   new_state = dict(state, params=params, rest=rest, opt_state=opt_state,
                    step=state["step"] + 1)
   return new_state, metrics
