@@ -9,6 +9,10 @@ Contract:
   analyses need (PN moments, firing rate, thresholds). Nothing is kept between calls except
   the EMA update, which is an explicit state update like BatchNorm's.
 - ``model.train()`` / ``model.eval()`` toggle ``use_running_average`` as for BatchNorm.
+- Analysis only: ``model.set_attributes(probe=True)`` makes every neuron ``sow`` its
+  ``H_TB``, ``S_TB`` and ``theta_T``, ``surrogate_alpha_T`` as ``nnx.Intermediate`` (read with
+  ``nnx.pop(model, nnx.Intermediate)``); training never sets it, so the train step carries no
+  extra state.
 - ``fold`` / ``unfold`` move between ``[T, B, ...]`` and ``[T*B, ...]`` for stateless layers.
 """
 
@@ -54,6 +58,7 @@ class SpikingNeuron(nnx.Module):
     self.pn_kappa = pn_kappa
     self.scan_unroll = scan_unroll
     self.use_running_average = False
+    self.probe = False
     rho0 = neurons.rho_for_alpha(spec.alpha)
     if spec.surrogate_mode == "per_step":
       self.rho = nnx.Param(jnp.full((num_steps,), rho0, jnp.float32))
@@ -97,6 +102,11 @@ class SpikingNeuron(nnx.Module):
     if self.theta_ema is not None and training:
       m = self.spec.adaptive_momentum
       self.theta_ema[...] = (1 - m) * self.theta_ema[...] + m * theta_used_T
+    if self.probe:
+      self.sow(nnx.Intermediate, "potential_TB", H_TB)
+      self.sow(nnx.Intermediate, "spikes_TB", S_TB)
+      self.sow(nnx.Intermediate, "theta_T", theta_used_T)
+      self.sow(nnx.Intermediate, "surrogate_alpha_T", self.alpha_T())
     axes = tuple(range(1, H_TB.ndim))
     h32 = H_TB.astype(jnp.float32)
     aux = NeuronAux(

@@ -66,3 +66,19 @@ def test_adaptive_threshold_ema_and_eval():
   _, aux_eval = neuron(x)
   np.testing.assert_allclose(aux_eval.theta_T, ema, rtol=1e-6)
   np.testing.assert_array_equal(neuron.theta_ema[...], ema)  # no update in eval
+
+
+def test_probe_sows_potentials_only_when_asked():
+  from cfsnn_jax.models.mlp import SpikingMLP
+  factory = layers.NeuronFactory(neurons.resolve_spec("cf"), 3)
+  model = SpikingMLP(input_shape=(4,), num_classes=2, hidden=(5, 6), neuron=factory,
+                     rngs=nnx.Rngs(0))
+  x = jnp.ones((7, 4))
+  model(x)
+  assert not nnx.state(model, nnx.Intermediate)
+  model.set_attributes(probe=True)
+  model(x)
+  inter = nnx.pop(model, nnx.Intermediate)
+  shapes = sorted(v[0].shape for path, v in nnx.to_flat_state(inter)
+                  if path[-1] == "potential_TB")
+  assert shapes == [(3, 7, 5), (3, 7, 6)]
