@@ -9,10 +9,10 @@ Contract:
   analyses need (PN moments, firing rate, thresholds). Nothing is kept between calls except
   the EMA update, which is an explicit state update like BatchNorm's.
 - ``model.train()`` / ``model.eval()`` toggle ``use_running_average`` as for BatchNorm.
-- Analysis only: ``model.set_attributes(probe=True)`` makes every neuron ``sow`` its
-  ``H_TB``, ``S_TB`` and ``theta_T``, ``surrogate_alpha_T`` as ``nnx.Intermediate`` (read with
-  ``nnx.pop(model, nnx.Intermediate)``); training never sets it, so the train step carries no
-  extra state.
+- Analysis only: with ``model.set_attributes(probe=True)`` every neuron ``sow``s its
+  ``potential_TB``, ``spikes_TB``, ``theta_T`` and ``surrogate_alpha_T`` as
+  ``nnx.Intermediate``; run the model under ``nnx.capture(model, nnx.Intermediate)`` to get
+  them back. Training never sets ``probe``, so the train step carries no extra state.
 - ``fold`` / ``unfold`` move between ``[T, B, ...]`` and ``[T*B, ...]`` for stateless layers.
 """
 

@@ -77,8 +77,7 @@ def test_probe_sows_potentials_only_when_asked():
   model(x)
   assert not nnx.state(model, nnx.Intermediate)
   model.set_attributes(probe=True)
-  model(x)
-  inter = nnx.pop(model, nnx.Intermediate)
+  _, inter = nnx.capture(model, nnx.Intermediate)(x)
   shapes = sorted(v[0].shape for path, v in nnx.to_flat_state(inter)
                   if path[-1] == "potential_TB")
   assert shapes == [(3, 7, 5), (3, 7, 6)]
