@@ -15,10 +15,20 @@ from flax import nnx
 from cfsnn_jax.layers import NeuronFactory
 from cfsnn_jax.models.convnet import SpikingConvNet
 from cfsnn_jax.models.mlp import SpikingMLP
+from cfsnn_jax.models.resnet import resnet18, resnet19, resnet20
+from cfsnn_jax.models.transformer import Spikformer, SpikingTextTransformer
+from cfsnn_jax.models.vgg import vgg_cifar, vggsnn
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     "mlp": SpikingMLP,
     "convnet": SpikingConvNet,
+    "resnet19": resnet19,
+    "resnet18": resnet18,
+    "resnet20": resnet20,
+    "vggsnn": vggsnn,
+    "vgg_cifar": vgg_cifar,
+    "spikformer": Spikformer,
+    "text_transformer": SpikingTextTransformer,
 }
 
 
