@@ -7,7 +7,9 @@ temporary directory and renames it when complete, so an interrupted save never b
 latest checkpoint. ``restore_latest`` returns ``(state, step)``: the restored state placed with
 the shardings of the given template and the iterator moved to the saved position, or the
 template and 0 when the workdir has no checkpoint. A checkpoint whose tree or shapes do not
-match the model fails with one line naming the mismatch.
+match the model fails with one line naming the mismatch. ``init_from(other_workdir, state)``
+takes parameters and model state (not the optimizer state or step) from another run's latest
+checkpoint, for fine-tuning.
 """
 
 from __future__ import annotations
@@ -45,8 +47,40 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
   return restore(manager, step, template, data_iter), int(step)
 
 
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                  for k in path)
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, template: Any) -> None:
+  """Compares the saved tree (paths, shapes, dtypes) with the template, reading metadata only;
+  raises a one-line ValueError naming the first difference."""
+  where = f"checkpoint step {step} in {manager.directory}"
+  state_dir = os.path.join(str(manager.directory), str(step), "state")
+  md = ocp.StandardCheckpointer().metadata(state_dir)
+  saved = {_path_str(p): (tuple(v.shape), str(v.dtype)) for p, v in
+           jax.tree_util.tree_leaves_with_path(getattr(md, "item_metadata", md))}
+  want = {}
+  for p, v in jax.tree_util.tree_leaves_with_path(_abstract(template)):
+    key = _path_str(p)
+    key = key[:-len("/value")] if key.endswith("/value") and key not in saved else key
+    want[key] = (tuple(v.shape), str(v.dtype))
+  missing = sorted(set(want) - set(saved))
+  extra = sorted(set(saved) - set(want))
+  if missing or extra:
+    what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+    raise ValueError(f"{where} does not match this model/config: {what} "
+                     f"({len(missing)} missing, {len(extra)} unexpected entries)")
+  for key, (shape, dtype) in sorted(want.items(), key=lambda kv: (not kv[0].startswith("params"),
+                                                                  kv[0])):
+    if saved[key][0] != shape:
+      raise ValueError(f"{where} does not match this model/config: {key} has shape "
+                       f"{saved[key][0]} in the checkpoint, {shape} in the model")
+
+
 def restore(manager: ocp.CheckpointManager, step: int, template: Any,
             data_iter: Any | None) -> Any:
+  check_compatible(manager, step, template)
   items = {"state": ocp.args.StandardRestore(_abstract(template))}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
@@ -57,3 +91,19 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any,
     raise ValueError(f"checkpoint step {step} in {manager.directory} does not match this "
                      f"model/config: {first}") from None
   return restored["state"]
+
+
+def init_from(other_workdir: str, state: Any) -> Any:
+  """``state`` with ``params`` and ``rest`` replaced by those of ``other_workdir``'s latest
+  checkpoint (same model required); optimizer state, step and RNG stay fresh."""
+  directory = os.path.abspath(os.path.join(other_workdir, "checkpoints"))
+  if not os.path.isdir(directory):
+    raise ValueError(f"init_from: no checkpoints directory {directory}")
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f"init_from: {directory} holds no finished checkpoint")
+  restored = restore(manager, step, state, None)
+  manager.close()
+  return dict(state, params=restored["params"], rest=restored["rest"])

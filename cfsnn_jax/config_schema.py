@@ -80,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0  # 0: checkpoint once per epoch (and always at the end)
   c.keep_checkpoints = 2  # orbax max_to_keep
   c.progress_bar = True  # tqdm progress bar on process 0
+  c.compute_dtype = "float32"  # float32 | bfloat16 (mixed precision: float32 parameters)
+  c.init_from = ""  # workdir of another run: fine-tune from its latest parameters
   return c
 
 
@@ -97,5 +99,8 @@ def validate_config(config: Any) -> None:
   if config.optimizer.schedule not in ("cosine", "constant"):
     raise ValueError(f"unknown schedule {config.optimizer.schedule!r}; valid choices: "
                      "constant, cosine")
+  if config.compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"unknown compute_dtype {config.compute_dtype!r}; valid choices: "
+                     "bfloat16, float32")
   if config.batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")

@@ -13,8 +13,9 @@ import optax
 def decay_mask(params: Any) -> Any:
   """True for leaves that get weight decay: kernels / embeddings with ndim >= 2."""
   def is_weight(path, leaf):
-    name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
-    return leaf.ndim >= 2 and name in ("kernel", "embedding")
+    # nnx.State paths end in (..., DictKey(name), GetAttrKey("value")): use the last dict key.
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return bool(names) and leaf.ndim >= 2 and names[-1] in ("kernel", "embedding")
   return jax.tree_util.tree_map_with_path(is_weight, params)
 
 

@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cfsnn_jax import checkpointing, config_schema, data, losses, models, optim
+from cfsnn_jax.analysis import curves
 from cfsnn_jax.data import pipeline
 from cfsnn_jax.layers import NeuronAux, NeuronFactory
 from cfsnn_jax.metric_writers import MetricWriter
@@ -34,9 +35,11 @@ from cfsnn_jax.metric_writers import MetricWriter
 State = dict[str, Any]
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
+  """One ``data`` axis over every device (of every process) or over ``devices``."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def build_model(config: Any, info: data.sources.DatasetInfo, rngs: nnx.Rngs) -> nnx.Module:
@@ -65,15 +68,39 @@ def _forward_metrics(model: nnx.Module, batch: dict, loss_cfg: Any):
   return loss, (task, pn, correct, aux)
 
 
-def train_step(state: State, batch: dict, *, graphdef, tx: optax.GradientTransformation,
-               loss_cfg: Any) -> tuple[State, dict]:
-  def loss_fn(params):
-    model = nnx.merge(graphdef, params, state["rest"], copy=True)
-    loss, (task, pn, correct, aux) = _forward_metrics(model, batch, loss_cfg)
-    return loss, (nnx.state(model, nnx.Not(nnx.Param)), task, pn, correct, aux)
+def cast_floating(tree: Any, dtype: Any) -> Any:
+  """Casts floating leaves to ``dtype`` (mixed precision: float32 master parameters)."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                      else x, tree)
 
-  (loss, (rest, task, pn, correct, aux)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state["params"])
+
+def loss_and_grads(params: Any, rest: Any, batch: dict, *, graphdef, loss_cfg: Any,
+                   compute_dtype: str = "float32"):
+  """``((loss, (rest, task, pn, correct, aux)), grads)`` for one global batch.
+
+  Under ``jit`` with a batch sharded over the mesh this is one SPMD program: BatchNorm and
+  DS-ATGO statistics are over the global batch, gradients are global means.
+  """
+  dtype = jnp.dtype(compute_dtype)
+
+  def loss_fn(params):
+    compute_params = params if dtype == jnp.float32 else cast_floating(params, dtype)
+    model = nnx.merge(graphdef, compute_params, rest, copy=True)
+    b = batch
+    if dtype != jnp.float32 and jnp.issubdtype(batch["image"].dtype, jnp.floating):
+      b = dict(batch, image=batch["image"].astype(dtype))
+    loss, (task, pn, correct, aux) = _forward_metrics(model, b, loss_cfg)
+    new_rest = cast_floating(nnx.state(model, nnx.Not(nnx.Param)), jnp.float32)
+    return loss, (new_rest, task, pn, correct, aux)
+
+  return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def train_step(state: State, batch: dict, *, graphdef, tx: optax.GradientTransformation,
+               loss_cfg: Any, compute_dtype: str = "float32") -> tuple[State, dict]:
+  (loss, (rest, task, pn, correct, aux)), grads = loss_and_grads(
+      state["params"], state["rest"], batch, graphdef=graphdef, loss_cfg=loss_cfg,
+      compute_dtype=compute_dtype)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   metrics = {"loss": loss, "task_loss": task, "pn_loss": pn, "accuracy": correct.mean(),
@@ -83,8 +110,13 @@ def train_step(state: State, batch: dict, *, graphdef, tx: optax.GradientTransfo
   return new_state, metrics
 
 
-def eval_step(state: State, batch: dict, *, graphdef, loss_cfg: Any) -> dict:
-  model = nnx.merge(graphdef, state["params"], state["rest"])
+def eval_step(state: State, batch: dict, *, graphdef, loss_cfg: Any,
+              compute_dtype: str = "float32") -> dict:
+  dtype = jnp.dtype(compute_dtype)
+  params = state["params"] if dtype == jnp.float32 else cast_floating(state["params"], dtype)
+  if dtype != jnp.float32 and jnp.issubdtype(batch["image"].dtype, jnp.floating):
+    batch = dict(batch, image=batch["image"].astype(dtype))
+  model = nnx.merge(graphdef, params, state["rest"])
   loss, (_, _, correct, aux) = _forward_metrics(model, batch, loss_cfg)
   mask = batch["mask"]
   return {"correct": (correct * mask).sum(), "count": mask.sum(),
@@ -111,6 +143,22 @@ def evaluate(state: State, eval_fn, batches: pipeline.EvalBatches, to_global) ->
           "firing_rate": float(np.mean(rates))}
 
 
+def create_train_state(config: Any, info: data.sources.DatasetInfo, total_steps: int):
+  """``(graphdef, eval_graphdef, state, tx, num_params)`` for a fresh run of ``config``."""
+  key = jax.random.key(config.seed)
+  model = build_model(config, info, nnx.Rngs(params=jax.random.fold_in(key, 0)))
+  num_params = models.count_params(model)
+  model.eval()
+  eval_graphdef = nnx.graphdef(model)
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optim.make_optimizer(config.optimizer, total_steps)
+  state: State = {"params": params, "rest": rest, "opt_state": tx.init(params),
+                  "step": jnp.zeros((), jnp.int32),
+                  "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
+  return graphdef, eval_graphdef, state, tx, num_params
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   config_schema.validate_config(config)
   is_writer = jax.process_index() == 0
@@ -127,18 +175,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   eval_every = config.eval_every_steps or steps_per_epoch
   ckpt_every = config.checkpoint_every_steps or steps_per_epoch
 
-  key = jax.random.key(config.seed)
-  model = build_model(config, info, nnx.Rngs(params=jax.random.fold_in(key, 0)))
-  num_params = models.count_params(model)
-  model.eval()
-  eval_graphdef = nnx.graphdef(model)
-  model.train()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optim.make_optimizer(config.optimizer, total_steps)
-  state: State = {"params": params, "rest": rest, "opt_state": tx.init(params),
-                  "step": jnp.zeros((), jnp.int32),
-                  "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
-
+  graphdef, eval_graphdef, state, tx, num_params = create_train_state(config, info,
+                                                                      total_steps)
   mesh = make_mesh()
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
@@ -157,11 +195,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
 
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
   state, start_step = checkpointing.restore_latest(manager, state, train_iter)
+  if start_step == 0 and config.init_from:
+    state = checkpointing.init_from(config.init_from, state)
 
   p_train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx,
-                                      loss_cfg=config.loss),
+                                      loss_cfg=config.loss,
+                                      compute_dtype=config.compute_dtype),
                     donate_argnums=(0,), out_shardings=(replicated, replicated))
-  p_eval = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, loss_cfg=config.loss))
+  p_eval = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, loss_cfg=config.loss,
+                                     compute_dtype=config.compute_dtype))
 
   writer = MetricWriter(workdir, enabled=is_writer)
   if is_writer:
@@ -215,6 +257,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   if is_writer:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
+    curves.plot_training_curves(workdir)
     print(f"final: test_accuracy={summary['test_accuracy']:.4f} "
           f"best_test_accuracy={summary['best_test_accuracy']:.4f} "
           f"firing_rate={summary['test_firing_rate']:.4f} "

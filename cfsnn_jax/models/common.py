@@ -45,10 +45,10 @@ class TimeBatchNorm(nnx.Module):
       self.bn = nnx.BatchNorm(num_features, momentum=momentum, epsilon=epsilon, rngs=rngs)
 
   def __call__(self, x_TB: jax.Array) -> jax.Array:
-    if not self.per_step:
-      return unfold(self.bn(fold(x_TB)), x_TB.shape[0])
+    if not self.per_step:  # float32 statistics; output in the input's (compute) dtype
+      return unfold(self.bn(fold(x_TB)), x_TB.shape[0]).astype(x_TB.dtype)
 
     @nnx.vmap(in_axes=(0, 0), out_axes=0)
     def apply(bn, x_B):
       return bn(x_B)
-    return apply(self.bn, x_TB)
+    return apply(self.bn, x_TB).astype(x_TB.dtype)
