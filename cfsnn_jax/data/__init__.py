@@ -2,19 +2,47 @@
 
 Each source lives in its own module and returns ``sources.DatasetSplits``; the shared grain
 pipeline is ``pipeline``. Unknown names fail with one line naming the valid choices.
+
+Per-dataset options live in ``config.data`` (``default_data_config(name)`` lists them; an empty
+section means the defaults). The hooks turn raw examples into the batch contract:
+- ``train_augment(config, info)`` -> ``(example, rng) -> example`` or None: for the uint8
+  image datasets (cifar10, cifar100, tiny_imagenet) crop / flip / AutoAugment / normalise /
+  Cutout (``augment.ImageAugment``), always producing normalised ``float32 [H, W, C]``; for
+  the recorded event datasets the frame flip / shift (``augment.EventAugment``) when enabled.
+- ``eval_transform(config, info)`` -> ``example -> example`` or None: the normalisation alone
+  for the uint8 image datasets; None for everything else (already float32 / int32 ids).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from cfsnn_jax.data import embedded
-from cfsnn_jax.data.sources import DatasetSplits
+import ml_collections
+
+from cfsnn_jax.data import (augment, cifar, cifar10_dvs, dvs_gesture, embedded, evtouch, sst,
+                            synthetic_events, tiny_imagenet)
+from cfsnn_jax.data.options import data_options, default_data_config
+from cfsnn_jax.data.sources import DataError, DatasetInfo, DatasetSplits
+
+__all__ = ["DATASETS", "DataError", "default_data_config", "data_options", "eval_transform",
+           "load_dataset", "train_augment", "validate_dataset_name"]
 
 DATASETS: dict[str, Callable[[Any], DatasetSplits]] = {
     "digits": embedded.load_digits,
     "mnist5k": embedded.load_mnist5k,
+    "cifar10": cifar.load_cifar10,
+    "cifar100": cifar.load_cifar100,
+    "tiny_imagenet": tiny_imagenet.load_tiny_imagenet,
+    "cifar10_dvs": cifar10_dvs.load_cifar10_dvs,
+    "dvs_gesture": dvs_gesture.load_dvs_gesture,
+    "evtouch": evtouch.load_evtouch,
+    "sst2": sst.load_sst2,
+    "sst5": sst.load_sst5,
+    "mnist_dvs_synthetic": synthetic_events.load_mnist_dvs_synthetic,
 }
+
+UINT8_IMAGE_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
+RECORDED_EVENT_DATASETS = ("cifar10_dvs", "dvs_gesture", "evtouch")
 
 
 def validate_dataset_name(name: str) -> None:
@@ -22,13 +50,31 @@ def validate_dataset_name(name: str) -> None:
     raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASETS))}")
 
 
-def train_augment(config: Any, info: Any):
+def _normalize(opts: ml_collections.ConfigDict) -> augment.Normalize:
+  return augment.Normalize(opts.mean, opts.std) if opts.normalize else augment.Normalize()
+
+
+def train_augment(config: Any, info: DatasetInfo):
   """Per-example training augmentation ``(example, np_rng) -> example`` or None."""
+  name = info.name
+  if name in UINT8_IMAGE_DATASETS:
+    opts = data_options(config, name)
+    return augment.ImageAugment(
+        crop_padding=opts.crop_padding if opts.crop else 0, flip=opts.flip,
+        autoaugment=opts.autoaugment, autoaugment_fill=opts.autoaugment_fill,
+        cutout_length=opts.cutout_length if opts.cutout else 0,
+        mean=opts.mean if opts.normalize else None, std=opts.std if opts.normalize else None)
+  if name in RECORDED_EVENT_DATASETS:
+    opts = data_options(config, name)
+    if opts.flip or opts.max_shift:
+      return augment.EventAugment(flip=opts.flip, max_shift=opts.max_shift)
   return None
 
 
-def eval_transform(config: Any, info: Any):
+def eval_transform(config: Any, info: DatasetInfo):
   """Per-example deterministic evaluation transform or None."""
+  if info.name in UINT8_IMAGE_DATASETS:
+    return _normalize(data_options(config, info.name))
   return None
 
 

@@ -7,7 +7,11 @@ Contract:
   infinite (steps, not epochs, drive training), per-example ``augment(example, rng)`` with a
   per-index seeded ``np.random.Generator`` (deterministic whatever the prefetch), process
   ``p`` takes global positions ``p, p + P, ...`` so the processes' batches concatenate to the
-  global batch and never overlap.
+  global batch and never overlap. Prefetch: ``num_threads`` reader threads fill a buffer of
+  ``prefetch_buffer`` batches; ``worker_count > 0`` moves the whole per-batch work (read,
+  augment, stack) into that many worker processes (``mp_prefetch``; for GIL-bound
+  augmentation such as AutoAugment; source and augment must then be picklable). Batches and
+  the checkpointed state are the same for any ``num_threads`` / ``worker_count``.
 - ``eval_batches(source, global_batch_size, ...)`` -> a list-like of per-process batches in
   order, padded to a fixed size with ``"mask"`` (0 on padding) so eval never recompiles.
 """
@@ -37,13 +41,21 @@ def check_batch_size(global_batch_size: int, process_count: int, num_devices: in
 
 
 def _stack(examples):
-  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+  """Stacks a list of examples into one batch (one preallocated array per key)."""
+  batch = {}
+  for k in examples[0]:
+    first = np.asarray(examples[0][k])
+    out = np.empty((len(examples),) + first.shape, first.dtype)
+    for i, e in enumerate(examples):
+      out[i] = e[k]
+    batch[k] = out
+  return batch
 
 
 def train_iterator(source: RandomAccessSource, global_batch_size: int, seed: int, *,
                    augment: Augment | None = None, process_index: int = 0,
                    process_count: int = 1, prefetch_buffer: int = 2,
-                   num_threads: int = 2) -> grain.DatasetIterator:
+                   num_threads: int = 2, worker_count: int = 0) -> grain.DatasetIterator:
   local_bs = check_batch_size(global_batch_size, process_count, 1)
   if len(source) < global_batch_size:
     raise ValueError(f"the training split has {len(source)} examples, fewer than one batch "
@@ -56,6 +68,12 @@ def train_iterator(source: RandomAccessSource, global_batch_size: int, seed: int
   ds = ds.batch(local_bs, drop_remainder=True, batch_fn=_stack)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                prefetch_buffer_size=prefetch_buffer))
+  if worker_count > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags; defaults outside an app
+      flags.FLAGS.mark_as_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=prefetch_buffer))
   return iter(it_ds)
 
 

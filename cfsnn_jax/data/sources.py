@@ -10,7 +10,8 @@ model) or time-major events (``[T, ...]``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence
+import os
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -37,6 +38,23 @@ class DatasetSplits:
   info: DatasetInfo
 
 
+class DataError(ValueError):
+  """A dataset on disk is missing, truncated or malformed (always one line)."""
+
+  def __init__(self, path: str, problem: str):
+    super().__init__(f"{path}: {problem}")
+    self.path = path
+
+
+def require_path(path: str, expected: str, *, is_dir: bool = False) -> str:
+  """Returns ``path`` or raises ``DataError`` saying what should have been there."""
+  ok = os.path.isdir(path) if is_dir else os.path.isfile(path)
+  if not ok:
+    kind = "directory" if is_dir else "file"
+    raise DataError(path, f"missing {kind}; expected {expected}")
+  return path
+
+
 class ArraySource:
   """In-memory source over aligned numpy arrays (one example per leading index)."""
 
@@ -59,6 +77,27 @@ class ArraySource:
     return self._arrays
 
 
+class IndexedSource:
+  """Lazy source: ``source[i] = read(i)`` for ``i < length`` (files decoded on access).
+
+  ``read`` must be picklable (a module-level function or a ``functools.partial`` of one)
+  when the pipeline prefetches with worker processes.
+  """
+
+  def __init__(self, length: int, read: Callable[[int], dict[str, Any]]):
+    self._len = int(length)
+    self._read = read
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = int(index)
+    if not 0 <= index < self._len:
+      raise IndexError(f"index {index} out of range for a source of length {self._len}")
+    return self._read(index)
+
+
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
                      ) -> tuple[np.ndarray, np.ndarray]:
   """Per-class split: in each class, a seeded permutation; the first round(n * test_fraction)
@@ -73,6 +112,23 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
     test.append(idx[:n_test])
     train.append(idx[n_test:])
   return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def tfds_data_sources(name: str, data_dir: str, splits: Sequence[str]) -> list[Any]:
+  """``tfds.data_source`` of each split (no download; one-line error when absent).
+
+  Reading the prepared ``array_record`` files needs no TensorFlow; ``data_dir`` may be local
+  or on cloud storage (``''``: tfds's default, ``$TFDS_DATA_DIR``).
+  """
+  import tensorflow_datasets as tfds
+  try:
+    return [tfds.data_source(name, split=s, data_dir=data_dir or None, download=False)
+            for s in splits]
+  except Exception as e:  # tfds raises several types for a missing / unprepared dataset
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    raise DataError(where, f"no prepared tfds dataset {name!r} ({first}); expected "
+                    f"{name}/<version>/ in array_record format (see docs/DATA.md)") from None
 
 
 def check_input_shape(shape: Sequence[int]) -> tuple[int, ...]:

@@ -1,0 +1,227 @@
+"""Events -> T frames, the on-disk frame cache, and the lazy frame source of event datasets.
+
+Contract:
+- ``Events(t, x, y, p)``: aligned 1-D arrays in stream (time) order; ``t`` in microseconds,
+  ``x`` column, ``y`` row, ``p`` polarity in {0, 1}.
+- ``events_to_frames(events, num_frames, height, width)`` -> ``float32 [T, H, W, 2]`` event
+  counts, split by event count (SpikingJelly's ``split_by='number'``): with ``N`` events and
+  ``d = N // T``, frame ``i < T - 1`` holds events ``[i*d, (i+1)*d)`` and the last frame holds
+  ``[(T-1)*d, N)`` (the remainder; all events when ``N < T``). Channel ``c`` counts the events
+  of polarity ``c`` (0 = OFF, 1 = ON), channel-last.
+- ``resize_frames(frames_THWC, (h, w))``: antialiased bilinear resize of every (frame,
+  channel) plane in float32 (PIL ``BILINEAR``, as torchvision's ``Resize``); identity when the
+  size already matches.
+- ``FrameCache(dir)``: one ``.npy`` per sample key; a write goes to a temporary file in the
+  same directory that is renamed over the final name (``os.replace``), so a reader never sees
+  a half-written file, whatever the number of threads or processes writing.
+- ``EventFrameSource(samples, decode_group, cache)``: a random-access source of
+  ``{"image": float32 [T, H, W, 2], "label": int32}``. A sample is ``(group, key, label)``;
+  on a cache miss ``decode_group(group)`` returns the frames of every sample of that group
+  (one recording file may hold several samples) and all of them are cached, so each file is
+  decoded once.
+- ``read_event_array(path)``: the generic event-array format (``.npz`` with arrays ``t``,
+  ``p`` and ``x``/``y`` or ``taxel``; or a ``.csv`` with those columns) as ``Events``
+  sorted by time (stable).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import tempfile
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from cfsnn_jax.data.sources import DataError
+
+CACHE_FORMAT_VERSION = 1  # bump when the binning / resize rule changes
+
+
+@dataclasses.dataclass(frozen=True)
+class Events:
+  t: np.ndarray
+  x: np.ndarray
+  y: np.ndarray
+  p: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.t)
+
+  def select(self, mask_or_index: np.ndarray) -> "Events":
+    return Events(self.t[mask_or_index], self.x[mask_or_index], self.y[mask_or_index],
+                  self.p[mask_or_index])
+
+
+def frame_boundaries(num_events: int, num_frames: int) -> np.ndarray:
+  """``[T + 1]`` event indices: frame ``i`` holds events ``[b[i], b[i + 1])``."""
+  d = num_events // num_frames
+  bounds = np.arange(num_frames + 1, dtype=np.int64) * d
+  bounds[-1] = num_events
+  return bounds
+
+
+def events_to_frames(events: Events, num_frames: int, height: int, width: int) -> np.ndarray:
+  """Event counts ``float32 [T, H, W, 2]`` split by event count (see module doc)."""
+  if num_frames < 1:
+    raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+  n = len(events)
+  x = np.asarray(events.x, np.int64)
+  y = np.asarray(events.y, np.int64)
+  p = np.asarray(events.p, np.int64)
+  if n and (x.min() < 0 or x.max() >= width or y.min() < 0 or y.max() >= height):
+    raise ValueError(f"event coordinates outside the {width}x{height} sensor (x in "
+                     f"[{x.min()}, {x.max()}], y in [{y.min()}, {y.max()}])")
+  if n and (p.min() < 0 or p.max() > 1):
+    raise ValueError(f"polarity must be 0 or 1, got values in [{p.min()}, {p.max()}]")
+  bounds = frame_boundaries(n, num_frames)
+  frame = np.searchsorted(bounds, np.arange(n), side="right") - 1
+  flat = ((frame * height + y) * width + x) * 2 + p
+  counts = np.bincount(flat, minlength=num_frames * height * width * 2)
+  return counts.astype(np.float32).reshape(num_frames, height, width, 2)
+
+
+def resize_frames(frames_THWC: np.ndarray, size: Sequence[int]) -> np.ndarray:
+  """Bilinear (antialiased) resize of ``[T, H, W, C]`` frames to ``size = (h, w)``."""
+  h, w = int(size[0]), int(size[1])
+  t, fh, fw, c = frames_THWC.shape
+  if (fh, fw) == (h, w):
+    return frames_THWC.astype(np.float32, copy=False)
+  out = np.empty((t, h, w, c), np.float32)
+  for i in range(t):
+    for k in range(c):
+      plane = Image.fromarray(np.ascontiguousarray(frames_THWC[i, :, :, k], np.float32), "F")
+      out[i, :, :, k] = np.asarray(plane.resize((w, h), Image.BILINEAR))
+  return out
+
+
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+  """Writes ``array`` to ``path`` through a temporary file renamed into place."""
+  directory = os.path.dirname(path) or "."
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npy")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, array)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+class FrameCache:
+  """Frames on disk, one ``<key>.npy`` per sample, written atomically."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+
+  def path(self, key: str) -> str:
+    return os.path.join(self.directory, key + ".npy")
+
+  def load(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    path = self.path(key)
+    if not os.path.isfile(path):
+      return None
+    frames = np.load(path)
+    return frames if frames.shape == shape else None
+
+  def save(self, key: str, frames: np.ndarray) -> None:
+    try:
+      atomic_save_npy(self.path(key), frames)
+    except OSError as e:
+      raise DataError(self.directory, f"cannot write the frame cache ({e.strerror}); set "
+                      "config.data.cache_dir to a writable directory") from None
+
+
+def cache_dir_for(root: str, dataset: str, num_frames: int, size: Sequence[int]) -> str:
+  """The cache folder of one preprocessing setting (T, frame size, rule version)."""
+  return os.path.join(root, f"{dataset}-T{num_frames}-{size[0]}x{size[1]}"
+                            f"-v{CACHE_FORMAT_VERSION}")
+
+
+def make_cache(opts: Any, data_dir: str, dataset: str, num_frames: int,
+               size: Sequence[int]) -> FrameCache | None:
+  """The frame cache chosen by ``opts.cache`` / ``opts.cache_dir`` (None when off)."""
+  if not opts.cache:
+    return None
+  root = opts.cache_dir or os.path.join(data_dir, "frames_cache")
+  return FrameCache(cache_dir_for(root, dataset, num_frames, size))
+
+
+class EventFrameSource:
+  """Lazy, cached ``{"image": float32 [T, H, W, 2], "label": int32}`` source."""
+
+  def __init__(self, samples: Sequence[tuple[Any, str, int]],
+               decode_group: Callable[[Any], dict[str, np.ndarray]],
+               frame_shape: tuple[int, ...], cache: FrameCache | None):
+    self.samples = list(samples)
+    self.decode_group = decode_group
+    self.frame_shape = tuple(frame_shape)
+    self.cache = cache
+
+  def __len__(self) -> int:
+    return len(self.samples)
+
+  def frames(self, index: int) -> np.ndarray:
+    group, key, _ = self.samples[index]
+    if self.cache is not None:
+      hit = self.cache.load(key, self.frame_shape)
+      if hit is not None:
+        return hit
+    decoded = self.decode_group(group)
+    if key not in decoded:
+      raise DataError(str(group), f"decoding gave no sample {key!r}")
+    if self.cache is not None:
+      for k, v in decoded.items():
+        self.cache.save(k, v)
+    return decoded[key]
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = int(index)
+    return {"image": self.frames(index), "label": np.int32(self.samples[index][2])}
+
+  def fill_cache(self, num_threads: int = 2) -> None:
+    """Decodes every not-yet-cached sample now (otherwise the first epoch does it)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(num_threads) as pool:
+      list(pool.map(self.frames, range(len(self))))
+
+
+def read_event_array(path: str) -> Events:
+  """Reads the generic event-array format (see module doc), sorted by time."""
+  if not os.path.isfile(path):
+    raise DataError(path, "missing file; expected an event array (.npz or .csv with columns "
+                    "t, p and taxel or x, y)")
+  try:
+    if path.endswith(".npz"):
+      with np.load(path) as z:
+        cols = {k: np.asarray(z[k]) for k in z.files}
+    elif path.endswith(".csv"):
+      with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+      header = [h.strip() for h in rows[0]] if rows else []
+      body = np.asarray(rows[1:], dtype=np.float64).reshape(-1, len(header))
+      cols = {h: body[:, i] for i, h in enumerate(header)}
+    else:
+      raise DataError(path, "unknown event-array extension; expected .npz or .csv")
+  except (OSError, ValueError, IndexError) as e:
+    if isinstance(e, DataError):
+      raise
+    raise DataError(path, f"unreadable event array ({e}); expected .npz or .csv with "
+                    "columns t, p and taxel or x, y") from None
+  if "taxel" in cols:
+    cols.setdefault("y", cols["taxel"])
+    cols.setdefault("x", np.zeros_like(cols["taxel"]))
+  missing = [k for k in ("t", "x", "y", "p") if k not in cols]
+  if missing:
+    raise DataError(path, f"missing columns {missing}; expected t, p and taxel (or x, y), "
+                    f"found {sorted(cols)}")
+  n = {len(cols[k]) for k in ("t", "x", "y", "p")}
+  if len(n) != 1:
+    raise DataError(path, "columns t, x, y, p differ in length")
+  order = np.argsort(np.asarray(cols["t"]), kind="stable")
+  return Events(np.asarray(cols["t"], np.int64)[order], np.asarray(cols["x"], np.int64)[order],
+                np.asarray(cols["y"], np.int64)[order], np.asarray(cols["p"], np.int64)[order])

@@ -1,0 +1,105 @@
+"""Tiny-ImageNet-200 (the paper's ImageNet-200) from the original ``tiny-imagenet-200/`` layout.
+
+Contract: ``load_tiny_imagenet(config)`` -> ``DatasetSplits`` of
+``{"image": uint8 [64, 64, 3] RGB, "label": int32}``, decoded lazily from the JPEG files
+(grayscale JPEGs are converted to RGB by channel replication). Layout under
+``config.data_dir`` (or ``config.data_dir/tiny-imagenet-200``)::
+
+  wnids.txt                          the 200 class ids (one WordNet id per line)
+  train/<wnid>/images/*.JPEG         training images (500 per class)
+  val/images/*.JPEG                  the 10 000 validation images = our test split
+  val/val_annotations.txt            <file>\t<wnid>\t<x0>\t<y0>\t<x1>\t<y1> per line
+
+Label ``k`` is the position of the wnid in ``sorted(wnids)`` (the torchvision ImageFolder
+order). The unlabelled ``test/`` folder is not used. A wnid in ``val_annotations.txt`` that is
+not in ``wnids.txt``, a missing folder or an unreadable JPEG is one ``DataError`` line.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cfsnn_jax.data.options import data_options
+from cfsnn_jax.data.sources import (DataError, DatasetInfo, DatasetSplits, IndexedSource,
+                                    require_path)
+
+IMAGE_SIZE = 64
+
+
+def find_root(data_dir: str) -> str:
+  nested = os.path.join(data_dir, "tiny-imagenet-200")
+  root = nested if os.path.isdir(nested) else data_dir
+  require_path(os.path.join(root, "wnids.txt"),
+               "tiny-imagenet-200/wnids.txt (the original Tiny-ImageNet-200 layout)")
+  return root
+
+
+def read_image(path: str) -> np.ndarray:
+  """``uint8 [64, 64, 3]`` RGB of one JPEG (grayscale replicated to three channels)."""
+  try:
+    with Image.open(path) as img:
+      rgb = np.asarray(img.convert("RGB"), np.uint8)
+  except OSError as e:
+    raise DataError(path, f"unreadable image ({e}); expected a 64x64 JPEG") from None
+  if rgb.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+    raise DataError(path, f"image of shape {rgb.shape}, expected (64, 64, 3)")
+  return rgb
+
+
+def _read_example(paths: np.ndarray, labels: np.ndarray, index: int) -> dict[str, Any]:
+  return {"image": read_image(str(paths[index])), "label": labels[index]}
+
+
+def _source(paths: list[str], labels: list[int]) -> IndexedSource:
+  return IndexedSource(len(paths), functools.partial(
+      _read_example, np.asarray(paths), np.asarray(labels, np.int32)))
+
+
+def list_files(root: str) -> tuple[list[str], list[str], tuple[list[str], list[int]],
+                                   tuple[list[str], list[int]]]:
+  """``(wnids, sorted_wnids, (train_paths, train_labels), (val_paths, val_labels))``."""
+  with open(os.path.join(root, "wnids.txt")) as f:
+    wnids = [w.strip() for w in f if w.strip()]
+  classes = sorted(set(wnids))
+  index = {w: k for k, w in enumerate(classes)}
+  train_paths, train_labels = [], []
+  for w in classes:
+    folder = require_path(os.path.join(root, "train", w, "images"),
+                          f"the training images of class {w}", is_dir=True)
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith((".jpeg", ".jpg")))
+    if not names:
+      raise DataError(folder, "no JPEG files; expected the training images of class " + w)
+    train_paths += [os.path.join(folder, n) for n in names]
+    train_labels += [index[w]] * len(names)
+  ann = require_path(os.path.join(root, "val", "val_annotations.txt"),
+                     "val/val_annotations.txt (file, wnid, box per line)")
+  val_paths, val_labels = [], []
+  with open(ann) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      fields = line.rstrip("\n").split("\t")
+      if len(fields) < 2:
+        raise DataError(ann, f"line {n}: expected '<file>\\t<wnid>\\t...', got {line[:60]!r}")
+      if fields[1] not in index:
+        raise DataError(ann, f"line {n}: unknown label {fields[1]!r}; expected one of the "
+                        f"{len(classes)} wnids in wnids.txt")
+      val_paths.append(os.path.join(root, "val", "images", fields[0]))
+      val_labels.append(index[fields[1]])
+  for p in (val_paths[0], val_paths[-1]) if val_paths else ():
+    require_path(p, "a validation image listed in val/val_annotations.txt")
+  return wnids, classes, (train_paths, train_labels), (val_paths, val_labels)
+
+
+def load_tiny_imagenet(config: Any) -> DatasetSplits:
+  data_options(config, "tiny_imagenet")  # rejects unknown config.data fields
+  root = find_root(config.data_dir)
+  _, classes, train, val = list_files(root)
+  info = DatasetInfo(name="tiny_imagenet", num_classes=len(classes),
+                     input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+  return DatasetSplits(_source(*train), _source(*val), info)
