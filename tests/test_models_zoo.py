@@ -222,7 +222,8 @@ def test_impossible_image_size_fails_in_init(name, input_shape, match):
 
 def test_input_not_matching_the_built_shape_fails_before_compilation():
   model = build("resnet19", factory("lif", 2), abstract=True)
-  with pytest.raises(ValueError, match=r"built for input \[B, 8, 8, 3\], got shape \(2, 16, 16, 3\)"):
+  with pytest.raises(ValueError,
+                     match=r"built for input \[B, 8, 8, 3\], got shape \(2, 16, 16, 3\)"):
     abstract_call(model, jnp.zeros((2, 16, 16, 3)))
   events = build("vggsnn", factory("lif", 2), abstract=True)
   with pytest.raises(ValueError, match=r"\[T=2, B, 16, 16, 2\], got shape \(3, 2, 16, 16, 2\)"):
