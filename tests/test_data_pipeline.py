@@ -117,3 +117,36 @@ def test_event_hooks():
   assert data.eval_transform(c, info) is None
   c.data = {"flip": False, "max_shift": 0}
   assert data.train_augment(c, info) is None
+
+
+@pytest.mark.parametrize("name", sorted(data.fixtures.WRITERS))
+def test_fixture_data_dir_feeds_the_batch_contract(name, tmp_path, monkeypatch):
+  """``data_dir = "fixture"``: the real loader on a seeded fixture in the real format, through
+  the hooks and the pipeline, gives the batch contract of the dataset's kind."""
+  monkeypatch.setenv("TMPDIR", str(tmp_path))
+  import tempfile
+  monkeypatch.setattr(tempfile, "tempdir", None)
+  c = ml_collections.ConfigDict({"dataset": name, "data_dir": "fixture", "num_steps": 3,
+                                 "seed": 0, "data": data.default_data_config(name)})
+  if name in ("cifar10_dvs", "dvs_gesture"):
+    c.data.frame_size = (16, 16)
+  splits = data.load_dataset(c)
+  assert str(tmp_path) in data.fixtures.materialize(name)[0]
+  assert len(splits.train) >= 16 and len(splits.test) >= 8
+  it = pipeline.train_iterator(splits.train, 8, 0, augment=data.train_augment(c, splits.info))
+  batch = next(it)
+  ev = next(iter(pipeline.EvalBatches(splits.test, 8,
+                                      transform=data.eval_transform(c, splits.info))))
+  info = splits.info
+  for b in (batch, ev):
+    assert b["label"].dtype == np.int32 and b["label"].shape == (8,)
+    assert b["label"].min() >= 0 and b["label"].max() < info.num_classes
+    if info.vocab_size:
+      assert b["image"].dtype == np.int32 and b["image"].shape == (8,) + info.input_shape
+      assert b["image"].max() < info.vocab_size
+    elif info.static_input:
+      assert b["image"].dtype == np.float32 and b["image"].shape == (8,) + info.input_shape
+      assert abs(float(b["image"].mean())) < 3  # normalised, not raw 0..255
+    else:
+      assert b["image"].dtype == np.float32
+      assert b["image"].shape == (8, 3) + info.input_shape and b["image"].sum() > 0

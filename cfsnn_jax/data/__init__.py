@@ -11,6 +11,9 @@ section means the defaults). The hooks turn raw examples into the batch contract
   the recorded event datasets the frame flip / shift (``augment.EventAugment``) when enabled.
 - ``eval_transform(config, info)`` -> ``example -> example`` or None: the normalisation alone
   for the uint8 image datasets; None for everything else (already float32 / int32 ids).
+
+``config.data_dir = "fixture"`` loads a tiny seeded copy of the dataset written in its real
+on-disk format (``fixtures.py``) through the same loader: the ``:tiny`` configs run on it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from cfsnn_jax.data import (augment, cifar, cifar10_dvs, dvs_gesture, embedded, evtouch, sst,
-                            synthetic_events, tiny_imagenet)
+from cfsnn_jax.data import (augment, cifar, cifar10_dvs, dvs_gesture, embedded, evtouch,
+                            fixtures, sst, synthetic_events, tiny_imagenet)
 from cfsnn_jax.data.options import data_options, default_data_config
 from cfsnn_jax.data.sources import DataError, DatasetInfo, DatasetSplits
 
@@ -78,6 +81,23 @@ def eval_transform(config: Any, info: DatasetInfo):
   return None
 
 
+FIXTURE_DIR = "fixture"  # config.data_dir value selecting the built-in fixture
+
+
+def _fixture_config(config: Any) -> ml_collections.ConfigDict:
+  """A copy of the fields loaders read, pointing at the dataset's fixture folder."""
+  directory, overrides = fixtures.materialize(config.dataset)
+  opts = dict(getattr(config, "data", None) or {})
+  for key, value in overrides.items():
+    if not opts.get(key):  # an explicit setting (e.g. another split file) wins
+      opts[key] = value
+  return ml_collections.ConfigDict({
+      "dataset": config.dataset, "data_dir": directory, "num_steps": config.num_steps,
+      "seed": getattr(config, "seed", 0), "data": ml_collections.ConfigDict(opts)})
+
+
 def load_dataset(config: Any) -> DatasetSplits:
   validate_dataset_name(config.dataset)
+  if config.data_dir == FIXTURE_DIR and config.dataset in fixtures.WRITERS:
+    config = _fixture_config(config)
   return DATASETS[config.dataset](config)
