@@ -162,6 +162,20 @@ def test_causal_over_time_through_gradients(key, neuron, per_step_bn):
   assert np.tril(J, k=-1).sum() > 0  # the membrane carries earlier inputs forward
 
 
+@pytest.mark.parametrize("key", ["resnet19_sew", "vggsnn", "spikformer_sdsa", "text"])
+def test_bfloat16_parameters_give_bfloat16_logits(key):
+  """Mixed precision (train.py casts the parameters): no layer silently promotes to float32."""
+  T = 2
+  model = build(key, factory("cf", T), abstract=True)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.bfloat16), params)
+  x = example_input(key, T)
+  x = x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  logits, _ = jax.eval_shape(lambda p, r, x: nnx.merge(graphdef, p, r, copy=True)(x),
+                             params, rest, x)
+  assert logits.dtype == jnp.bfloat16
+
+
 def test_per_step_and_joint_bn_both_run():
   T = 3
   x = example_input("vgg_cifar", T)

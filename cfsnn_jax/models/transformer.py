@@ -259,7 +259,8 @@ class SpikingTextTransformer(nnx.Module):
     if L > self.max_len:
       raise ValueError(f"text_transformer: token sequence of length {L} exceeds "
                        f"max_len={self.max_len}")
-    x_BLD = self.embed(tokens_BL) + self.pos_embed[...][:L]
+    # Lookup in the table's own dtype (nnx.Embed would promote a bf16 table to float32).
+    x_BLD = jnp.take(self.embed.embedding[...], tokens_BL, axis=0) + self.pos_embed[...][:L]
     x, a = self.embed_sn(self.embed_bn(to_time_major(x_BLD, T, True)))  # encoder over T
     aux = [a]
     mask_BN = None if self.pad_id is None else (tokens_BL != self.pad_id).astype(x.dtype)
