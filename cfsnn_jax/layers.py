@@ -18,6 +18,7 @@ Contract:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -67,7 +68,7 @@ class SpikingNeuron(nnx.Module):
     else:
       self.rho = None
     if spec.charge == "plif":
-      w0 = float(jnp.log(spec.decay_init / (1 - spec.decay_init)))
+      w0 = math.log(spec.decay_init / (1 - spec.decay_init))
       self.decay_logit = nnx.Param(jnp.asarray(w0, jnp.float32))
     else:
       self.decay_logit = None

@@ -8,6 +8,8 @@ time-major batch ``[T, B, ...]``, and returns ``(logits_TBK, aux)`` with ``aux``
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -22,6 +24,17 @@ def to_time_major(x: jax.Array, num_steps: int, static_input: bool) -> jax.Array
   if x.shape[0] != num_steps:
     raise ValueError(f"event input must be time-major [T={num_steps}, B, ...], got {x.shape}")
   return x
+
+
+def check_model_input(name: str, x: jax.Array, input_shape: Sequence[int], num_steps: int,
+                      static_input: bool) -> None:
+  """Trace-time shape check (Python, before compilation): one line naming what was expected."""
+  lead = "[B, " if static_input else f"[T={num_steps}, B, "
+  n = 1 if static_input else 2
+  if x.ndim != n + len(input_shape) or tuple(x.shape[n:]) != tuple(input_shape) or (
+      not static_input and x.shape[0] != num_steps):
+    raise ValueError(f"{name} was built for input {lead}{', '.join(map(str, input_shape))}], "
+                     f"got shape {tuple(x.shape)}")
 
 
 class TimeBatchNorm(nnx.Module):

@@ -26,20 +26,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfsnn_jax.layers import NeuronFactory, collect_aux, fold, unfold
-from cfsnn_jax.models.common import TimeBatchNorm, to_time_major
+from cfsnn_jax.models.common import TimeBatchNorm, check_model_input, to_time_major
 
 RESIDUALS = ("standard", "sew_add")
-
-
-def check_model_input(name: str, x: jax.Array, input_shape: Sequence[int], num_steps: int,
-                      static_input: bool) -> None:
-  """Trace-time shape check (Python, before compilation): one line naming what was expected."""
-  lead = "[B, " if static_input else f"[T={num_steps}, B, "
-  n = 1 if static_input else 2
-  if x.ndim != n + len(input_shape) or tuple(x.shape[n:]) != tuple(input_shape) or (
-      not static_input and x.shape[0] != num_steps):
-    raise ValueError(f"{name} was built for input {lead}{', '.join(map(str, input_shape))}], "
-                     f"got shape {tuple(x.shape)}")
 
 
 def _conv_stage(conv: nnx.Conv, x_TB: jax.Array, num_steps: int) -> jax.Array:

@@ -38,8 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfsnn_jax.layers import NeuronAux, NeuronFactory, SpikingNeuron, collect_aux, fold, unfold
-from cfsnn_jax.models.common import TimeBatchNorm, to_time_major
-from cfsnn_jax.models.resnet import check_model_input
+from cfsnn_jax.models.common import TimeBatchNorm, check_model_input, to_time_major
 
 ATTENTIONS = ("ssa", "sdsa")
 

@@ -18,8 +18,7 @@ import jax
 from flax import nnx
 
 from cfsnn_jax.layers import NeuronFactory, collect_aux, fold, unfold
-from cfsnn_jax.models.common import TimeBatchNorm, to_time_major
-from cfsnn_jax.models.resnet import check_model_input
+from cfsnn_jax.models.common import TimeBatchNorm, check_model_input, to_time_major
 
 POOL = "A"
 VGGSNN_LAYOUT = (64, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL)
