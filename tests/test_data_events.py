@@ -169,6 +169,11 @@ def test_cifar10_dvs_resize_and_cache(cifar10_dvs_dir, monkeypatch):
   assert sorted(os.listdir(folder)) == [splits.train.samples[0][1] + ".npy"]
   monkeypatch.setattr(aedat, "read_aedat2", lambda p: pytest.fail("decoded again"))
   np.testing.assert_array_equal(splits.train[0]["image"], first)
+  monkeypatch.undo()
+  cached = folder / os.listdir(folder)[0]
+  cached.write_bytes(cached.read_bytes()[:100])  # damaged by someone else: decoded again
+  np.testing.assert_array_equal(splits.train[0]["image"], first)
+  assert not [n for n in os.listdir(folder) if n.startswith(".tmp")]
 
 
 def test_cifar10_dvs_errors(cifar10_dvs_dir, tmp_path):
@@ -276,8 +281,16 @@ def test_dvs_gesture_loader(gesture_dir):
   assert t.sum() == 3 and splits.test[1]["label"] == 1
 
 
-def test_dvs_gesture_errors(gesture_dir):
+def test_dvs_gesture_errors(gesture_dir, tmp_path):
+  with pytest.raises(data.DataError) as e:
+    data.load_dataset(make_config("dvs_gesture", tmp_path / "none"))
+  one_line_error(e, "none", "trials_to_train.txt")
   root = gesture_dir / "DvsGesture"
+  (root / "trials_to_test.txt").write_text("user30_led.aedat\n")
+  with pytest.raises(data.DataError) as e:
+    data.load_dataset(make_config("dvs_gesture", gesture_dir))
+  one_line_error(e, "user30_led.aedat", "trials_to_test.txt")
+  (root / "trials_to_test.txt").write_text("user29_lab.aedat\n")
   csv_path = root / "user02_led_labels.csv"
   csv_path.write_text("class,startTime_usec,endTime_usec\n12,0,10\n")
   with pytest.raises(data.DataError) as e:
@@ -321,6 +334,9 @@ def test_evtouch_generic_event_arrays(tmp_path):
   np.testing.assert_array_equal(a["image"], expected)
   b = splits.train[1]["image"]  # 4 events, T=3: d=1 -> frames 1, 1, 2 events
   assert b[0, 2, 0, 1] == 1 and b[1, 2, 0, 1] == 1 and b[2, 4, 0, 0] == 2
+  with pytest.raises(data.DataError) as e:
+    data.load_dataset(make_config("evtouch", tmp_path / "none"))
+  one_line_error(e, "none", "samples.csv")
   (tmp_path / "samples.csv").write_text("file,label,split\nev/a.npz,cup,train\n")
   with pytest.raises(data.DataError) as e:
     data.load_dataset(make_config("evtouch", tmp_path))

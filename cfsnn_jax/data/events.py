@@ -125,7 +125,10 @@ class FrameCache:
     path = self.path(key)
     if not os.path.isfile(path):
       return None
-    frames = np.load(path)
+    try:
+      frames = np.load(path)
+    except (OSError, ValueError):  # damaged outside our atomic writes: decode again
+      return None
     return frames if frames.shape == shape else None
 
   def save(self, key: str, frames: np.ndarray) -> None:
