@@ -6,9 +6,10 @@ operations is applied with its own probability, at its magnitude bin ``m`` in ``
 table below (the magnitudes of torchvision's ``AutoAugmentPolicy.CIFAR10``, 10 bins). Shear,
 translate, rotate and the enhance ops (colour, contrast, brightness, sharpness, factor
 ``1 + v``) get a random sign. The point ops (invert, posterize, solarize, autocontrast,
-equalize) run as numpy look-up tables equal to PIL's ImageOps (tested). Geometric ops use nearest-neighbour resampling and fill the
-uncovered pixels with grey ``fill`` (as the CIFAR10Policy used by TET). All randomness comes
-from ``rng`` (a ``np.random.Generator``), so the result is a function of the seed.
+equalize) run as numpy look-up tables equal to PIL's ImageOps (tested). Geometric ops use
+nearest-neighbour resampling and fill the uncovered pixels with grey ``fill`` (as the
+CIFAR10Policy used by TET). All randomness comes from ``rng`` (a ``np.random.Generator``),
+so the result is a function of the seed.
 """
 
 from __future__ import annotations

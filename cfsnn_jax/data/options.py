@@ -91,5 +91,8 @@ def data_options(config: Any, name: str) -> ml_collections.ConfigDict:
       valid = ", ".join(sorted(opts)) or "none"
       raise ValueError(f"unknown config.data.{key} for dataset {name!r}; valid options: "
                        f"{valid}")
-    opts[key] = value
+    try:
+      opts[key] = value
+    except TypeError as e:
+      raise ValueError(f"config.data.{key} = {value!r} for dataset {name!r}: {e}") from None
   return opts

@@ -7,7 +7,7 @@ are already tokenised; the trees' ``-LRB-`` / ``-RRB-`` become ``(`` / ``)``). V
 (``Vocabulary.build``) from the training split only: id 0 = padding, 1 = out-of-vocabulary,
 then the words seen at least ``min_freq`` times, most frequent first, ties alphabetical, at
 most ``max_vocab`` of them (0: all). Sequences are cut to ``max_len`` and padded with 0 at
-the end.
+the end. ``splits.train.vocabulary`` is the ``Vocabulary`` (to decode ids back to words).
 
 Sources and splits:
 - SST-2 ``tsv``: ``<data_dir>/SST-2/{train,dev}.tsv`` (or the two files in ``data_dir``),
