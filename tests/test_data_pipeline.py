@@ -79,6 +79,18 @@ def test_worker_processes_give_the_same_batches():
     it.close()
   for x, y in zip(threads, procs):
     np.testing.assert_array_equal(x["image"], y["image"])
+  it = pipeline.train_iterator(src, 8, seed=2, augment=AUG, worker_count=1)
+  try:
+    take(it, 1)
+    state = it.get_state()
+  finally:
+    it.close()
+  it = pipeline.train_iterator(src, 8, seed=2, augment=AUG, worker_count=1)
+  try:
+    it.set_state(state)
+    np.testing.assert_array_equal(next(it)["image"], threads[1]["image"])
+  finally:
+    it.close()
 
 
 def test_eval_batches_cover_the_split_once_with_mask():

@@ -10,8 +10,9 @@ Contract:
   global batch and never overlap. Prefetch: ``num_threads`` reader threads fill a buffer of
   ``prefetch_buffer`` batches; ``worker_count > 0`` moves the whole per-batch work (read,
   augment, stack) into that many worker processes (``mp_prefetch``; for GIL-bound
-  augmentation such as AutoAugment; source and augment must then be picklable). Batches and
-  the checkpointed state are the same for any ``num_threads`` / ``worker_count``.
+  augmentation such as AutoAugment; source and augment must then be picklable). Batches are
+  the same for any ``num_threads`` / ``worker_count``; the iterator state's format depends on
+  ``worker_count``, so a checkpoint resumes with the same ``worker_count``.
 - ``eval_batches(source, global_batch_size, ...)`` -> a list-like of per-process batches in
   order, padded to a fixed size with ``"mask"`` (0 on padding) so eval never recompiles.
 """
