@@ -1,0 +1,76 @@
+"""CLI of the energy estimate: ``python -m cfsnn_jax.analysis.energy --config=X --workdir=DIR``.
+
+The one analysis module that touches ``cfsnn_jax.train``: it rebuilds the training state of
+``--config`` (imported inside ``main``, so importing this module imports no training code),
+restores the latest checkpoint of ``--workdir`` if there is one (fresh parameters otherwise,
+said on stdout), runs ``--num_batches`` test batches, prints the per-layer table and writes
+``energy.json`` + ``energy.md`` into the workdir. Flags are defined in ``run()`` only, so this
+module can be imported next to ``cfsnn_jax.main`` (both define ``--config``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float) -> int:
+  from flax import nnx
+
+  from cfsnn_jax import checkpointing, config_schema, data, train
+  from cfsnn_jax.analysis import energy
+  from cfsnn_jax.data import pipeline
+
+  config_schema.validate_config(config)
+  splits = data.load_dataset(config)
+  info = splits.info
+  _, eval_graphdef, state, _, num_params = train.create_train_state(config, info, 1)
+  where = "fresh parameters (no checkpoint)"
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+    state, step = checkpointing.restore_latest(manager, state, None)
+    manager.close()
+    if step:
+      where = f"checkpoint step {step}"
+  model = nnx.merge(eval_graphdef, state["params"], state["rest"])
+  batches = pipeline.EvalBatches(splits.test, config.batch_size,
+                                 transform=data.eval_transform(config, info))
+  report = energy.measure_energy(model, batches, max_batches=num_batches, e_mac_pj=e_mac_pj,
+                                 e_ac_pj=e_ac_pj)
+  print(f"{config.model.name} on {info.name}, {num_params:,} parameters, {where}, "
+        f"workdir={workdir}")
+  print(energy.energy_markdown(report))
+  json_path, md_path = energy.write_energy(report, workdir)
+  print(f"wrote {json_path} and {md_path}")
+  return 0
+
+
+def run() -> None:
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+
+  default = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__)))), "configs", "default.py")
+  config_flag = config_flags.DEFINE_config_file(
+      "config", default, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", "/tmp/cfsnn_jax", "Run directory: its latest "
+                                "checkpoint is used; energy.json / energy.md are written here.")
+  num_batches = flags.DEFINE_integer("num_batches", 4, "Test batches to measure rates on.")
+  e_mac = flags.DEFINE_float("e_mac", 4.6, "Energy of one MAC in pJ (45 nm).")
+  e_ac = flags.DEFINE_float("e_ac", 0.9, "Energy of one accumulate in pJ (45 nm).")
+
+  def _main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+      sys.exit(main(config_flag.value, workdir.value, num_batches.value, e_mac.value,
+                    e_ac.value))
+    except ValueError as e:  # bad input: one clear line, no traceback
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  run()
