@@ -35,6 +35,7 @@ def neuron_config(name: str = "cf", **overrides: Any) -> ml_collections.ConfigDi
   c.alpha = config_dict.placeholder(float)  # initial sharpness (None: family default)
   c.surrogate_mode = config_dict.placeholder(str)  # per_step | per_layer | fixed | dynamic
   c.dynamic_stat = config_dict.placeholder(str)  # DS-ATGO width statistic: std | threshold
+  c.activation = config_dict.placeholder(str)  # spike (default) | relu: the ANN twin (T = 1)
   for k, v in overrides.items():
     setattr(c, k, v)
   return c
@@ -52,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = "digits"  # data registry name (cfsnn_jax.data.DATASETS)
   c.data_dir = ""  # where the dataset lives on disk (unused by embedded datasets)
   c.data = ml_collections.ConfigDict()  # dataset-specific options (cfsnn_jax.data docs)
+  c.data_workers = 0  # input worker processes (0: threads only; use 2-8 on accelerator hosts)
   c.num_steps = 4  # T
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"  # model registry name (cfsnn_jax.models.MODELS); other fields: kwargs
@@ -83,6 +85,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.compute_dtype = "float32"  # float32 | bfloat16 (mixed precision: float32 parameters)
   c.init_from = ""  # workdir of another run: fine-tune from its latest parameters
   return c
+
+
+def make_tiny(c: ml_collections.ConfigDict, steps: int = 3, batch_size: int = 8) -> None:
+  """The ``:tiny`` branch of an experiment config: a few steps on a small fixture written in
+  the dataset's real on-disk format (``data_dir = "fixture"``), evaluation and checkpoint at
+  the end, no progress bar. The model shrinks in each config file."""
+  c.data_dir = "fixture"
+  c.num_train_steps = steps
+  c.batch_size = batch_size
+  c.eval_every_steps = steps
+  c.checkpoint_every_steps = steps
+  c.optimizer.warmup_steps = 0
+  c.progress_bar = False
 
 
 def validate_config(config: Any) -> None:

@@ -188,7 +188,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
 
   train_iter = pipeline.train_iterator(
       splits.train, config.batch_size, config.seed, augment=data.train_augment(config, info),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      worker_count=config.data_workers)
   eval_batches = pipeline.EvalBatches(
       splits.test, config.batch_size, transform=data.eval_transform(config, info),
       process_index=jax.process_index(), process_count=jax.process_count())
