@@ -60,7 +60,7 @@ class SynapticOp:
   macs: int  # ANN-twin MACs per image and time step
   steps: int  # executions per image: 1 (encoder of a static input) or T
   encoder: bool  # analog input: counted as MAC, not AC
-  in_shape: tuple[int, ...]  # activation operand(s) as traced (whole batch)
+  in_shapes: tuple[tuple[int, ...], ...]  # activation operand(s) as traced (whole batch)
   out_shape: tuple[int, ...]
 
   @property
@@ -176,7 +176,7 @@ class _Site(NamedTuple):
   macs_total: int  # over the traced batch and all executions
   encoder: bool
   all_raw: bool
-  in_shape: tuple
+  in_shapes: tuple
   out_shape: tuple
 
 
@@ -239,7 +239,7 @@ def _record(eqn, vals, in_tags, sites, stats) -> None:
       origin=frozenset() if both else in_tags[weight].origin, kind=kind,
       macs_total=_macs_total(eqn), encoder=any(in_tags[i].raw for i in acts),
       all_raw=all(in_tags[i].raw for i in acts),
-      in_shape=tuple(tuple(eqn.invars[i].aval.shape) for i in acts),
+      in_shapes=tuple(tuple(eqn.invars[i].aval.shape) for i in acts),
       out_shape=tuple(eqn.outvars[0].aval.shape)))
   if stats is None:
     return
@@ -347,7 +347,7 @@ def trace_synaptic_ops(model: nnx.Module, x: Any) -> list[SynapticOp]:
       raise ValueError(f"{name}: {s.macs_total} traced MACs are not a multiple of batch "
                        f"{batch} x steps {steps}")
     ops.append(SynapticOp(name=name, kind=s.kind, macs=per_image, steps=steps,
-                          encoder=s.encoder, in_shape=s.in_shape, out_shape=s.out_shape))
+                          encoder=s.encoder, in_shapes=s.in_shapes, out_shape=s.out_shape))
   return ops
 
 

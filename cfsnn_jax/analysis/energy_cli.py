@@ -26,8 +26,11 @@ def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float
   info = splits.info
   _, eval_graphdef, state, _, num_params = train.create_train_state(config, info, 1)
   where = "fresh parameters (no checkpoint)"
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
-    manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if os.path.isdir(directory):  # read only: a run may still be writing to this workdir
+    import orbax.checkpoint as ocp
+    manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
     state, step = checkpointing.restore_latest(manager, state, None)
     manager.close()
     if step:
