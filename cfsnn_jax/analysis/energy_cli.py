@@ -18,7 +18,7 @@ def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float
   from flax import nnx
 
   from cfsnn_jax import checkpointing, config_schema, data, train
-  from cfsnn_jax.analysis import energy
+  from cfsnn_jax.analysis import energy, spiking_stats
   from cfsnn_jax.data import pipeline
 
   config_schema.validate_config(config)
@@ -26,11 +26,8 @@ def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float
   info = splits.info
   _, eval_graphdef, state, _, num_params = train.create_train_state(config, info, 1)
   where = "fresh parameters (no checkpoint)"
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if os.path.isdir(directory):  # read only: a run may still be writing to this workdir
-    import orbax.checkpoint as ocp
-    manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = spiking_stats.read_only_checkpoints(workdir)  # a run may still be writing there
+  if manager is not None:
     state, step = checkpointing.restore_latest(manager, state, None)
     manager.close()
     if step:

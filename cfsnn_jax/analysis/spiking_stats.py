@@ -317,18 +317,26 @@ def _initial_scalars(model: nnx.Module) -> dict[str, float]:
   return out
 
 
+def read_only_checkpoints(workdir: str):
+  """An orbax manager over ``workdir/checkpoints`` that never writes or cleans anything (a run
+  may still be writing there), or None when there is no such directory."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(directory):
+    return None
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  return ocp.CheckpointManager(directory, item_names=("state", "data"), options=options)
+
+
 def neuron_history_from_checkpoints(workdir: str, graphdef: Any, template_state: dict) -> dict:
   """Evolution read from every checkpoint kept under ``workdir/checkpoints`` (orbax, read
   only), plus step 0 (the initialisation). ``template_state``: the training state dict
   (``params``, ``rest``, ...) the checkpoints were saved from; ``graphdef``: a graphdef that
   merges with ``(params, rest)``. Same format as ``neuron_history_from_metrics``."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(directory):
+  manager = read_only_checkpoints(workdir)
+  if manager is None:
     return _empty_history("checkpoints")
-  import orbax.checkpoint as ocp
   from cfsnn_jax import checkpointing
-  manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
   try:
     steps = sorted(manager.all_steps())
     rows = []
