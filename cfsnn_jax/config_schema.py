@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True  # tqdm progress bar on process 0
   c.compute_dtype = "float32"  # float32 | bfloat16 (mixed precision: float32 parameters)
   c.init_from = ""  # workdir of another run: fine-tune from its latest parameters
+  c.analysis_report = True  # at the end: firing rates, histograms, energy (PNG + JSON)
   return c
 
 

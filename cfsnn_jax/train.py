@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cfsnn_jax import checkpointing, config_schema, data, losses, models, optim
-from cfsnn_jax.analysis import curves
+from cfsnn_jax.analysis import curves, report, spiking_stats
 from cfsnn_jax.data import pipeline
 from cfsnn_jax.layers import NeuronAux, NeuronFactory
 from cfsnn_jax.metric_writers import MetricWriter
@@ -239,6 +239,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
       history["best_accuracy"] = max(history["best_accuracy"], ev["accuracy"])
       history["last_eval"] = ev
       writer.write(done, "test", ev)
+      if is_writer:  # learned surrogate alphas / DS-ATGO thresholds per layer and step
+        neuron_scalars = spiking_stats.neuron_scalars(
+            nnx.merge(eval_graphdef, state["params"], state["rest"]))
+        if neuron_scalars:
+          writer.write(done, "neurons", neuron_scalars)
       bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
       t_start = time.perf_counter()
     if done % ckpt_every == 0 or done == total_steps:
@@ -253,15 +258,22 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
              "test_firing_rate": ev["firing_rate"], "train_time_s": train_time,
              "images_per_s": images / max(train_time, 1e-9), "steps": total_steps,
              "num_params": num_params}
+  if is_writer:
+    curves.plot_training_curves(workdir)
+    if config.analysis_report:  # firing rates, potentials, gradient availability, energy
+      analysis = report.write_training_report(eval_graphdef, state, eval_batches, workdir)
+      summary["energy_mj_per_image"] = analysis["energy_mj_per_image"]
+      summary["grad_available_share"] = analysis["grad_available_share"]
   writer.write(total_steps, "summary", summary)
   writer.close()
   if is_writer:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
-    curves.plot_training_curves(workdir)
+    energy = (f"energy={summary['energy_mj_per_image']:.3g}mJ/image "
+              if "energy_mj_per_image" in summary else "")
     print(f"final: test_accuracy={summary['test_accuracy']:.4f} "
           f"best_test_accuracy={summary['best_test_accuracy']:.4f} "
-          f"firing_rate={summary['test_firing_rate']:.4f} "
+          f"firing_rate={summary['test_firing_rate']:.4f} {energy}"
           f"train_time={summary['train_time_s']:.1f}s "
           f"images/s={summary['images_per_s']:.0f} workdir={workdir}", flush=True)
   summary["state"] = state

@@ -22,11 +22,16 @@ def test_tiny_default_trains_and_writes_workdir(tmp_workdir):
   assert summary["steps"] == 6
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   files = os.listdir(tmp_workdir)
-  assert {"config.json", "metrics.jsonl", "summary.json", "tensorboard"} <= set(files)
+  assert {"config.json", "metrics.jsonl", "summary.json", "tensorboard", "curves.png",
+          "energy.json", "energy.md", "analysis.json", "firing_rates.png",
+          "membrane_hist.png", "grad_available.png", "alphas.png"} <= set(files)
+  assert summary["energy_mj_per_image"] > 0
   assert any(f.startswith("events.out.tfevents")
              for f in os.listdir(os.path.join(tmp_workdir, "tensorboard")))
   rows = read_metrics(tmp_workdir)
-  assert {r["split"] for r in rows} >= {"train", "test", "summary"}
+  assert {r["split"] for r in rows} >= {"train", "test", "summary", "neurons"}
+  neuron_rows = [r for r in rows if r["split"] == "neurons"]
+  assert any(k.startswith("alpha/") for k in neuron_rows[0])  # learned alphas per eval
   train_rows = [r for r in rows if r["split"] == "train"]
   assert all(k in train_rows[0] for k in ("loss", "pn_loss", "accuracy", "firing_rate"))
   with open(os.path.join(tmp_workdir, "config.json")) as f:
