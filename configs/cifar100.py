@@ -13,31 +13,8 @@ parameters), cosine schedule, label smoothing 0.1, random crop (pad 4) + flip + 
 DS-ATGO's 100 is kept in its own configs). ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, data
+from cfsnn_jax import recipes
 
 
 def get_config(arg=None):
-  c = config_schema.base_config()
-  c.dataset = "cifar100"
-  c.data = data.default_data_config("cifar100")
-  c.num_steps = 4  # T: 2, 4 or 6 in the paper's table
-  c.model.name = "resnet19"
-  c.model.residual = "standard"  # standard | sew_add
-  c.model.per_step_bn = False  # BN over T*B jointly
-  c.neuron = config_schema.neuron_config("cf", surrogate_mode="per_step")
-  c.loss.label_smoothing = 0.1
-  c.loss.pn_weight = 1e-3
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.batch_size = 128
-  c.num_epochs = 300
-  c.eval_every_steps = 0  # once per epoch
-  c.checkpoint_every_steps = 0  # once per epoch
-  if arg == "tiny":
-    config_schema.make_tiny(c)
-    c.model.widths = (8, 16, 16)
-    c.model.head_hidden = 16
-    c.data.autoaugment = True  # keep the full augmentation path in the tiny run
-  return c
+  return recipes.cifar_resnet19("cifar100", arg)
