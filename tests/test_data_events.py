@@ -6,29 +6,12 @@ import json
 import os
 import struct
 
-import ml_collections
 import numpy as np
 import pytest
 
 from cfsnn_jax import data
 from cfsnn_jax.data import aedat, cifar10_dvs, events, synthetic_events
-
-
-def make_config(name, data_dir, num_steps=2, **opts):
-  c = ml_collections.ConfigDict()
-  c.dataset = name
-  c.data_dir = str(data_dir)
-  c.num_steps = num_steps
-  c.seed = 0
-  c.data = ml_collections.ConfigDict(opts)
-  return c
-
-
-def one_line_error(excinfo, *fragments):
-  msg = str(excinfo.value)
-  assert "\n" not in msg, msg
-  for f in fragments:
-    assert f in msg, (f, msg)
+from data_test_helpers import make_config, one_line_error
 
 
 # ---------------------------------------------------------------- binning rule

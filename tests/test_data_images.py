@@ -6,30 +6,13 @@ import os
 import pickle
 import tarfile
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from cfsnn_jax import data
 from cfsnn_jax.data import augment, autoaugment
-
-
-def make_config(name, data_dir, **opts):
-  c = ml_collections.ConfigDict()
-  c.dataset = name
-  c.data_dir = str(data_dir)
-  c.num_steps = 2
-  c.seed = 0
-  c.data = ml_collections.ConfigDict(opts)
-  return c
-
-
-def one_line_error(excinfo, *fragments):
-  msg = str(excinfo.value)
-  assert "\n" not in msg, msg
-  for f in fragments:
-    assert f in msg, (f, msg)
+from data_test_helpers import make_config, one_line_error
 
 
 # ---------------------------------------------------------------- CIFAR python tarballs

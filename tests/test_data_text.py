@@ -1,28 +1,11 @@
 """SST-2 (GLUE TSV, tfds glue/sst2 via mock_data) and SST-5 (PTB trees) on fixtures."""
 
-import ml_collections
 import numpy as np
 import pytest
 
 from cfsnn_jax import data
 from cfsnn_jax.data import sst
-
-
-def make_config(name, data_dir, **opts):
-  c = ml_collections.ConfigDict()
-  c.dataset = name
-  c.data_dir = str(data_dir)
-  c.num_steps = 2
-  c.seed = 0
-  c.data = ml_collections.ConfigDict(opts)
-  return c
-
-
-def one_line_error(excinfo, *fragments):
-  msg = str(excinfo.value)
-  assert "\n" not in msg, msg
-  for f in fragments:
-    assert f in msg, (f, msg)
+from data_test_helpers import make_config, one_line_error
 
 
 def write_sst2(tmp_path, dev_label="1"):
