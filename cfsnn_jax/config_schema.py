@@ -35,7 +35,6 @@ def neuron_config(name: str = "cf", **overrides: Any) -> ml_collections.ConfigDi
   c.alpha = config_dict.placeholder(float)  # initial sharpness (None: family default)
   c.surrogate_mode = config_dict.placeholder(str)  # per_step | per_layer | fixed | dynamic
   c.dynamic_stat = config_dict.placeholder(str)  # DS-ATGO width statistic: std | threshold
-  c.activation = config_dict.placeholder(str)  # spike (default) | relu: the ANN twin (T = 1)
   for k, v in overrides.items():
     setattr(c, k, v)
   return c
