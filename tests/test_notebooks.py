@@ -13,7 +13,8 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
 
 def test_notebooks_exist():
   names = {os.path.basename(p) for p in NOTEBOOKS}
-  assert {"quickstart.ipynb", "neurons_and_surrogates.ipynb"} <= names
+  assert {"quickstart.ipynb", "neurons_and_surrogates.ipynb",
+          "energy_and_analysis.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
