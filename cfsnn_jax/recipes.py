@@ -91,3 +91,33 @@ def sst_text_transformer(dataset: str, arg: str | None) -> ml_collections.Config
     c.model.depth = 1
     c.model.num_heads = 2
   return c
+
+
+def events_vggsnn(dataset: str, arg: str | None, *, neuron: ml_collections.ConfigDict,
+                  num_steps: int, pn_weight: float, batch_size: int,
+                  frame_size: tuple[int, int] | None = None) -> ml_collections.ConfigDict:
+  """Event data with VGGSNN and the TET loss (METHOD.md §5 DVS recipe), AdamW 1e-3, cosine,
+  200 epochs; frames resized to ``frame_size`` when given (VGGSNN is built for 48x48)."""
+  c = config_schema.base_config()
+  c.dataset = dataset  # cifar10_dvs | dvs_gesture
+  c.data = data.default_data_config(dataset)
+  if frame_size is not None:
+    c.data.frame_size = frame_size
+  c.num_steps = num_steps  # T (frames)
+  c.model.name = "vggsnn"
+  c.model.per_step_bn = False
+  c.neuron = neuron
+  c.loss.name = "tet"
+  c.loss.tet_lambda = 1e-3
+  c.loss.tet_phi = 1.0
+  c.loss.pn_weight = pn_weight
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 1e-3
+  c.batch_size = batch_size
+  c.num_epochs = 200
+  if arg == "tiny":
+    config_schema.make_tiny(c)
+    c.num_steps = 4
+    c.data.frame_size = (16, 16)
+    c.model.layout = (4, "A", 8, "A")
+  return c

@@ -12,28 +12,10 @@ lr 1e-3, cosine, 200 epochs, batch 32, random flip + shift (data defaults). Spli
 published in cfsnn_jax/data/splits (90/10 per class). ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, data
+from cfsnn_jax import config_schema, recipes
 
 
 def get_config(arg=None):
-  c = config_schema.base_config()
-  c.dataset = "cifar10_dvs"
-  c.data = data.default_data_config("cifar10_dvs")
-  c.num_steps = 10  # T (frames)
-  c.model.name = "vggsnn"
-  c.model.per_step_bn = False
-  c.neuron = config_schema.neuron_config("cf", surrogate_mode="per_step")
-  c.loss.name = "tet"
-  c.loss.tet_lambda = 1e-3
-  c.loss.tet_phi = 1.0
-  c.loss.pn_weight = 1e-3
-  c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 1e-3
-  c.batch_size = 32
-  c.num_epochs = 200
-  if arg == "tiny":
-    config_schema.make_tiny(c)
-    c.num_steps = 4
-    c.data.frame_size = (16, 16)
-    c.model.layout = (4, "A", 8, "A")
-  return c
+  return recipes.events_vggsnn(
+      "cifar10_dvs", arg, num_steps=10, batch_size=32, pn_weight=1e-3,
+      neuron=config_schema.neuron_config("cf", surrogate_mode="per_step"))

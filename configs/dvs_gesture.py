@@ -11,27 +11,10 @@ AdamW lr 1e-3, cosine, 200 epochs, batch 16 (our choice: the spec names no gestu
 ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, data
+from cfsnn_jax import config_schema, recipes
 
 
 def get_config(arg=None):
-  c = config_schema.base_config()
-  c.dataset = "dvs_gesture"
-  c.data = data.default_data_config("dvs_gesture")
-  c.data.frame_size = (48, 48)
-  c.num_steps = 16  # T (frames)
-  c.model.name = "vggsnn"
-  c.model.per_step_bn = False
-  c.neuron = config_schema.neuron_config("cf", surrogate_mode="per_step")
-  c.loss.name = "tet"
-  c.loss.pn_weight = 1e-3
-  c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 1e-3
-  c.batch_size = 16
-  c.num_epochs = 200
-  if arg == "tiny":
-    config_schema.make_tiny(c)
-    c.num_steps = 4
-    c.data.frame_size = (16, 16)
-    c.model.layout = (4, "A", 8, "A")
-  return c
+  return recipes.events_vggsnn(
+      "dvs_gesture", arg, num_steps=16, batch_size=16, pn_weight=1e-3, frame_size=(48, 48),
+      neuron=config_schema.neuron_config("cf", surrogate_mode="per_step"))
