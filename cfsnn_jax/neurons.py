@@ -2,7 +2,8 @@
 
 Layout convention (stated once for the whole package): tensors are **time-major**,
 ``x_TB...`` has shape ``[T, B, ...]``. Stateless layers fold time into the batch
-(``[T*B, ...]``); only the neuron below scans over ``T`` with ``jax.lax.scan``.
+(``[T*B, ...]``); only the neuron below loops over ``T`` (``jax.lax.scan``, or a Python loop
+when unrolled).
 
 Contract:
 - ``NeuronSpec`` is a frozen, hashable description of one neuron setting (charge model,
@@ -13,7 +14,11 @@ Contract:
   returns a cotangent for ``alpha`` (and ``theta``) as if the forward were the smooth
   primitive ``sum_k G_alpha(h - k*theta)``.
 - ``run_neuron(x_TB, spec, alpha_T, decay, theta_T)`` charges, fires and resets over time and
-  returns ``(S_TB, H_TB, theta_T)``; no hidden state, no reset calls.
+  returns ``(S_TB, H_TB, theta_T)``; no hidden state, no reset calls. Its gradient is a fused
+  BPTT (``bptt="fused"``, a ``custom_vjp`` with one hand-written reverse scan that keeps
+  only H); ``bptt="autodiff"`` differentiates the forward scan (the reference).
+- ``run_neuron_with_stats`` also returns the per-step PN / firing statistics computed in the
+  same pass (what ``layers.SpikingNeuron`` uses).
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ Array = jax.Array
 
 
 def _sigmoid_phi(z: Array) -> Array:
-  return jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
+  # sigmoid(z) sigmoid(-z) = e / (1 + e)^2 with e = exp(-|z|) in (0, 1]: one exp, no overflow.
+  e = jnp.exp(-jnp.abs(z))
+  return e / jnp.square(1.0 + e)
 
 
 def _sigmoid_prim(z: Array) -> Array:
@@ -183,6 +190,7 @@ RESETS = ("soft", "hard")
 SURROGATE_MODES = ("per_step", "per_layer", "fixed", "dynamic")
 THRESHOLD_MODES = ("fixed", "adaptive")
 DYNAMIC_STATS = ("std", "threshold")
+ACTIVATIONS = ("spike", "relu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +214,7 @@ class NeuronSpec:
   surrogate_mode: str = "per_step"  # per_step | per_layer | fixed | dynamic (DS-ATGO TGO)
   dynamic_stat: str = "std"  # DS-ATGO width statistic: std (official code) | threshold (paper)
   dynamic_base_width: float = 1.0  # DS-ATGO k
+  activation: str = "spike"  # spike | relu (the ANN twin: ReLU in place of the neuron, T = 1)
 
   @property
   def learnable_alpha(self) -> bool:
@@ -266,6 +275,7 @@ def validate_spec(spec: NeuronSpec) -> None:
   _choice("surrogate_mode", spec.surrogate_mode, SURROGATE_MODES)
   _choice("threshold_mode", spec.threshold_mode, THRESHOLD_MODES)
   _choice("dynamic_stat", spec.dynamic_stat, DYNAMIC_STATS)
+  _choice("activation", spec.activation, ACTIVATIONS)
   if int(spec.levels) != spec.levels or spec.levels < 1:
     raise ValueError(f"neuron levels D must be an integer >= 1, got {spec.levels}")
   if not spec.threshold > 0:
@@ -325,9 +335,20 @@ def _fired(h: Array, s: Array, theta: Array, alpha: Array, spec: NeuronSpec) -> 
   return spike(mag, theta, alpha, 1, False, spec.surrogate)
 
 
+BPTT_MODES = ("fused", "autodiff")
+
+
+class PotentialStats(NamedTuple):
+  """Per-step statistics of H (and S) computed inside the neuron, each ``[T]`` float32."""
+  h_pos_T: Array  # mean(relu(H_t)) over batch and features
+  h_neg_T: Array  # mean(relu(-H_t))
+  h_tanh_T: Array  # mean(tanh(kappa H_t))
+  rate_T: Array  # mean(|S_t|) (no gradient)
+
+
 def run_neuron(x_TB: Array, spec: NeuronSpec, *, alpha_T: Array, decay: Array | float,
                theta_T: Array | None = None, training: bool = True,
-               unroll: int | bool = 1) -> tuple[Array, Array, Array]:
+               unroll: int | bool = 1, bptt: str = "fused") -> tuple[Array, Array, Array]:
   """Runs the neuron over time.
 
   Args:
@@ -338,33 +359,78 @@ def run_neuron(x_TB: Array, spec: NeuronSpec, *, alpha_T: Array, decay: Array | 
     theta_T: threshold per step ``[T]``. Fixed mode: the base threshold; adaptive mode: the
       EMA used at evaluation (ignored when ``training``).
     training: adaptive threshold computed from H_t statistics when True.
-    unroll: passed to ``lax.scan``.
+    unroll: the forward time loop: ``lax.scan``'s ``unroll``; ``True`` (or ``>= T``) runs it
+      as a Python loop (no while loop: XLA fuses across steps; what ``SpikingNeuron`` does
+      for T <= 16). The backward is a reverse ``lax.scan`` in either case.
+    bptt: ``fused`` (default): a ``custom_vjp`` whose backward is one hand-written reverse
+      scan that keeps only ``H`` (and the per-step thresholds / sharpness) from the forward;
+      ``autodiff``: ``jax`` differentiates the forward scan (the reference; more residuals).
+      Both give the same values and gradients (tests/test_performance.py).
 
   Returns:
     ``S_TB`` (spikes, x's dtype), ``H_TB`` (pre-fire potential), ``theta_T`` (thresholds used,
     float32; adaptive training mode: the fresh batch statistics for the EMA update).
   """
+  if bptt not in BPTT_MODES:
+    raise ValueError(f"unknown bptt {bptt!r}; valid choices: {', '.join(BPTT_MODES)}")
+  x_TB, alpha_T, decay, theta_T = _prepare(x_TB, spec, alpha_T, decay, theta_T)
+  use_adaptive = spec.adaptive and training
+  if bptt == "autodiff":
+    return _run_neuron_autodiff(x_TB, spec, alpha_T, decay, theta_T, use_adaptive, unroll)
+  S_TB, H_TB, theta_used_T, _, _ = _neuron_fused(x_TB, alpha_T, decay, theta_T, spec,
+                                                 use_adaptive, unroll, True, None)
+  return S_TB, H_TB, theta_used_T
+
+
+def run_neuron_with_stats(x_TB: Array, spec: NeuronSpec, *, alpha_T: Array,
+                          decay: Array | float, theta_T: Array | None = None,
+                          training: bool = True, unroll: int | bool = 1,
+                          pn_kappa: float = 1.0, keep_potential: bool = False
+                          ) -> tuple[Array, Array | None, Array, PotentialStats]:
+  """``run_neuron`` that also returns the per-step ``PotentialStats`` of H, computed in the
+  same pass (the fused BPTT path). The statistics' cotangents enter the backward scan as
+  ``[T]`` vectors, so no ``[T, B, ...]`` gradient of H is ever materialised; ``H_TB`` is
+  returned only with ``keep_potential`` (analysis probes). Returns
+  ``(S_TB, H_TB or None, theta_used_T, stats)``."""
+  x_TB, alpha_T, decay, theta_T = _prepare(x_TB, spec, alpha_T, decay, theta_T)
+  S_TB, H_TB, theta_used_T, _, stats = _neuron_fused(
+      x_TB, alpha_T, decay, theta_T, spec, spec.adaptive and training, unroll,
+      keep_potential, float(pn_kappa))
+  return S_TB, H_TB, theta_used_T, PotentialStats(*stats)
+
+
+def _prepare(x_TB, spec, alpha_T, decay, theta_T):
   T = x_TB.shape[0]
-  dtype = x_TB.dtype
   if theta_T is None:
     theta_T = jnp.full((T,), spec.threshold, jnp.float32)
   alpha_T = jnp.broadcast_to(jnp.asarray(alpha_T, jnp.float32), (T,))
   theta_T = jnp.broadcast_to(jnp.asarray(theta_T, jnp.float32), (T,))
-  decay = jnp.asarray(decay, jnp.float32)
+  return x_TB, alpha_T, jnp.asarray(decay, jnp.float32), theta_T
+
+
+def _step_threshold_alpha(h: Array, theta_t: Array, alpha_t: Array, spec: NeuronSpec,
+                          use_adaptive: bool) -> tuple[Array, Array]:
+  """The threshold and sharpness a step uses (DS-ATGO: from H_t's statistics, no gradient)."""
+  if use_adaptive:
+    theta_t = adaptive_threshold(h, spec.adaptive_fc)
+  theta_t = jax.lax.stop_gradient(theta_t) if spec.adaptive else theta_t
+  if spec.surrogate_mode == "dynamic":
+    stat = (jnp.std(jax.lax.stop_gradient(h).astype(jnp.float32), ddof=1)
+            if spec.dynamic_stat == "std" else theta_t)
+    alpha_t = jax.lax.stop_gradient(1.0 / dynamic_width(stat, spec.dynamic_base_width))
+  return theta_t, alpha_t
+
+
+def _run_neuron_autodiff(x_TB, spec, alpha_T, decay, theta_T, use_adaptive, unroll):
+  """The forward scan written with the ``spike`` custom_vjp; JAX derives the backward."""
+  dtype = x_TB.dtype
   lam = decay.astype(dtype)
   in_scale = (1 - decay).astype(dtype) if spec.decay_input else None
-  use_adaptive = spec.adaptive and training
 
   def step(u_prev, inputs):
     x_t, alpha_t, theta_t = inputs
     h = lam * u_prev + (x_t * in_scale if in_scale is not None else x_t)
-    if use_adaptive:
-      theta_t = adaptive_threshold(h, spec.adaptive_fc)
-    theta_t = jax.lax.stop_gradient(theta_t) if spec.adaptive else theta_t
-    if spec.surrogate_mode == "dynamic":
-      stat = (jnp.std(jax.lax.stop_gradient(h).astype(jnp.float32), ddof=1)
-              if spec.dynamic_stat == "std" else theta_t)
-      alpha_t = jax.lax.stop_gradient(1.0 / dynamic_width(stat, spec.dynamic_base_width))
+    theta_t, alpha_t = _step_threshold_alpha(h, theta_t, alpha_t, spec, use_adaptive)
     th = theta_t.astype(dtype)
     s = spike(h, th, alpha_t, spec.levels, spec.signed, spec.surrogate)
     reset_s = jax.lax.stop_gradient(s) if spec.detach_reset else s
@@ -380,6 +446,234 @@ def run_neuron(x_TB: Array, spec: NeuronSpec, *, alpha_T: Array, decay: Array | 
   _, (S_TB, H_TB, theta_used_T) = jax.lax.scan(step, u0, (x_TB, alpha_T, theta_T),
                                                 unroll=unroll)
   return S_TB, H_TB, theta_used_T
+
+
+# --------------------------------------------------------------------------------------------
+# Fused BPTT: forward time loop + one hand-written reverse scan (a custom_vjp).
+#
+# Forward per step:  h = lam u' + c x  (c = 1, or 1 - lam for decay_input);  s = stair(h);
+#   soft: u = h - s~ theta;  hard: u = h (1 - f~) + v_r f~  (f = s for the binary spike, else
+#   the one-level spike of |h|; ~ = stop_gradient under detach_reset).
+# Backward per step, t = T-1 .. 0, with du = dL/du_t carried from step t+1:
+#   dh = gH + (soft: du | hard: du (1 - f));   ds = gS (+ soft: -theta du | hard, binary:
+#   du (v_r - h), when not detached);  dh += ds sum_k g(h - k theta) (+ the fired spike's
+#   surrogate for hard multi-level resets);  dx = c dh;  du' = lam dh;
+#   dlam += sum dh u' (- sum dh x for decay_input);  dalpha_t, dtheta_t as in ``spike``.
+#   gH includes the cotangents of the PotentialStats (per-step [T] vectors).
+# Residuals: H, the thresholds and sharpness used, lam (and x for decay_input); u' and s are
+# recomputed from H. Memory layout choices for XLA:CPU (measured, docs/PERFORMANCE.md):
+# - the forward is a Python loop when fully unrolled: a while loop's stacked outputs start as
+#   constant buffers, which XLA:CPU allocates at program start;
+# - the backward overwrites gS with dx in place (its buffer exists only once gS does) and
+#   everything it computes is tied to the cotangent (``after_cotangent``), so no backward
+#   work is hoisted into the forward pass.
+# --------------------------------------------------------------------------------------------
+
+
+def after_cotangent(tree: Any, g: Any) -> Any:
+  """``tree`` with every floating leaf made to depend on the cotangent ``g`` (its first leaf).
+
+  Backward-pass work that needs only forward values (the surrogate derivatives need only H;
+  a rematerialised block needs only its saved inputs) may otherwise be scheduled by XLA:CPU
+  during the forward pass, its results kept alive until the backward, which costs the memory
+  that recomputation was meant to save; ``lax.optimization_barrier`` does not prevent it on
+  that backend. The dependency is exact arithmetic: ``leaf + 0 * s`` with ``s`` a finite sum
+  of a few cotangent elements (a reduction, so XLA computes it once instead of inside every
+  consumer's loop).
+  """
+  flat = jnp.ravel(jax.tree.leaves(g)[0])
+  s = jnp.sum(flat[:min(flat.size, 8)].astype(jnp.float32))
+  zero = jnp.where(jnp.isfinite(s), s, 0.0) * 0.0
+
+  def tie(x):
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating) and x.size:
+      return x + zero.astype(x.dtype)
+    return x
+  return jax.tree.map(tie, tree)
+
+
+def _reset(h: Array, s: Array, th: Array, spec: NeuronSpec) -> Array:
+  """u_t from h_t and s_t (forward values only; same arithmetic as the autodiff path)."""
+  if spec.reset == "soft":
+    return h - s * th
+  fired = _fired_value(h, s, th, spec)
+  return h * (1 - fired) + spec.v_reset * fired
+
+
+def _fired_value(h: Array, s: Array, th: Array, spec: NeuronSpec) -> Array:
+  if spec.levels == 1 and not spec.signed:
+    return s
+  mag = jnp.abs(h) if spec.signed else h
+  return staircase(mag, th, 1, False).astype(h.dtype)
+
+
+def _full_unroll(unroll: int | bool, T: int) -> bool:
+  return unroll is True or (unroll is not False and int(unroll) >= T)
+
+
+def _mean_over_batch(x: Array) -> Array:
+  return jnp.mean(x, axis=tuple(range(x.ndim)))
+
+
+def _fused_forward(x_TB, alpha_T, decay, theta_T, spec, use_adaptive, unroll, kappa):
+  dtype = x_TB.dtype
+  T = x_TB.shape[0]
+  lam = decay.astype(dtype)
+  in_scale = (1 - decay).astype(dtype) if spec.decay_input else None
+
+  def step(u_prev, inputs):
+    x_t, alpha_t, theta_t = inputs
+    h = lam * u_prev + (x_t * in_scale if in_scale is not None else x_t)
+    theta_t, alpha_t = _step_threshold_alpha(h, theta_t, alpha_t, spec, use_adaptive)
+    th = theta_t.astype(dtype)
+    s = staircase(h, th, spec.levels, spec.signed).astype(dtype)
+    stats = None
+    if kappa is not None:
+      h32 = h.astype(jnp.float32)
+      stats = (_mean_over_batch(jax.nn.relu(h32)), _mean_over_batch(jax.nn.relu(-h32)),
+               _mean_over_batch(jnp.tanh(kappa * h32)),
+               _mean_over_batch(jnp.abs(s.astype(jnp.float32))))
+    return _reset(h, s, th, spec), (s, h, theta_t, jnp.asarray(alpha_t, jnp.float32), stats)
+
+  u0 = jnp.zeros(x_TB.shape[1:], dtype)
+  xs = (x_TB, alpha_T, theta_T)
+  if _full_unroll(unroll, T):
+    ys = []
+    for t in range(T):
+      u0, y = step(u0, jax.tree.map(lambda a: a[t], xs))
+      ys.append(y)
+    return jax.tree.map(lambda *a: jnp.stack(a), *ys)
+  return jax.lax.scan(step, u0, xs, unroll=unroll)[1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _neuron_fused(x_TB, alpha_T, decay, theta_T, spec, use_adaptive, unroll, keep_potential,
+                  kappa):
+  S_TB, H_TB, theta_used_T, alpha_used_T, stats = _fused_forward(
+      x_TB, alpha_T, decay, theta_T, spec, use_adaptive, unroll, kappa)
+  return S_TB, (H_TB if keep_potential else None), theta_used_T, alpha_used_T, stats
+
+
+def _neuron_fused_fwd(x_TB, alpha_T, decay, theta_T, spec, use_adaptive, unroll,
+                      keep_potential, kappa):
+  x_TB, alpha_T, decay, theta_T = (a.value for a in (x_TB, alpha_T, decay, theta_T))
+  S_TB, H_TB, theta_used_T, alpha_used_T, stats = _fused_forward(
+      x_TB, alpha_T, decay, theta_T, spec, use_adaptive, unroll, kappa)
+  out = (S_TB, (H_TB if keep_potential else None), theta_used_T, alpha_used_T, stats)
+  res = (H_TB, theta_used_T, alpha_used_T, decay, x_TB if spec.decay_input else None)
+  return out, res
+
+
+def _zero(ct: Any) -> bool:
+  return isinstance(ct, jax.custom_derivatives.SymbolicZero)
+
+
+def _neuron_fused_bwd(spec, use_adaptive, unroll, keep_potential, kappa, res, cts):
+  H_TB, theta_used_T, alpha_used_T, decay, x_TB = res
+  gS_TB, gH_TB, gtheta_T, _, gstats = cts
+  dtype = H_TB.dtype
+  f32 = jnp.float32
+  T = H_TB.shape[0]
+  n = H_TB[0].size  # elements per step (the statistics' means)
+  phi = SURROGATES[spec.surrogate].phi
+  lam = decay.astype(f32)
+  c = (1 - decay).astype(f32) if spec.decay_input else None
+  binary = spec.levels == 1 and not spec.signed
+  detach = spec.detach_reset
+  gS_TB = jnp.zeros(H_TB.shape, dtype) if _zero(gS_TB) else gS_TB.astype(dtype)
+  g_pos, g_neg, g_tanh = ((None,) * 3 if gstats is None or _zero(gstats) else
+                          tuple(None if _zero(g) else g for g in gstats[:3]))
+  # Nothing below may run before the cotangent exists (see after_cotangent).
+  theta_used_T, alpha_used_T, stat_cts = after_cotangent(
+      (theta_used_T, alpha_used_T, (g_pos, g_neg, g_tanh)), gS_TB)
+
+  def u_before(t):
+    """u_{t-1} recomputed from H_{t-1} (0 before the first step), float32."""
+    tp = jnp.maximum(t - 1, 0)
+    h = jax.lax.dynamic_index_in_dim(H_TB, tp, keepdims=False)
+    th = jax.lax.dynamic_index_in_dim(theta_used_T, tp, keepdims=False).astype(dtype)
+    s = staircase(h, th, spec.levels, spec.signed).astype(dtype)
+    u = _reset(h, s, th, spec).astype(f32)
+    return jnp.where(t > 0, u, jnp.zeros_like(u))
+
+  def step(carry, inputs):
+    du, dlam, G = carry  # G: gS, overwritten in place with dx from the last step down
+    t, theta_t, alpha_t, gp, gn, gt = inputs
+    h = jax.lax.dynamic_index_in_dim(H_TB, t, keepdims=False)
+    th_d = theta_t.astype(dtype)
+    s = staircase(h, th_d, spec.levels, spec.signed).astype(f32)
+    hc = h.astype(f32)
+    th = th_d.astype(f32)
+    al = alpha_t
+    mag = jnp.abs(hc) if spec.signed else hc
+    sgn = jnp.sign(hc) if spec.signed else None
+    ds = jax.lax.dynamic_index_in_dim(G, t, keepdims=False).astype(f32)
+    dh = (jnp.zeros_like(hc) if gH_TB is None or _zero(gH_TB) else
+          jax.lax.dynamic_index_in_dim(gH_TB, t, keepdims=False).astype(f32))
+    if gp is not None:
+      dh = dh + (gp / n) * (hc > 0)
+    if gn is not None:
+      dh = dh - (gn / n) * (hc < 0)
+    if gt is not None:
+      dh = dh + (gt * kappa / n) * (1 - jnp.square(jnp.tanh(kappa * hc)))
+    dalpha = jnp.zeros((), f32)
+    dtheta = jnp.zeros((), f32)
+    if spec.reset == "soft":
+      dh = dh + du
+      if not detach:
+        ds = ds - th * du
+      dtheta = dtheta - jnp.sum(s * du)
+    else:
+      fired = _fired_value(h, s.astype(dtype), th_d, spec).astype(f32)
+      dh = dh + du * (1 - fired)
+      if not detach:
+        dfired = du * (spec.v_reset - hc)
+        if binary:
+          ds = ds + dfired
+        else:  # the one-level spike of |h|: its own surrogate term
+          v1 = mag - th
+          p1 = phi(al * v1)
+          dh = dh + dfired * al * p1 * (sgn if spec.signed else 1.0)
+          dalpha = dalpha + jnp.sum(dfired * v1 * p1)
+          dtheta = dtheta - jnp.sum(dfired * al * p1)
+    d_h = d_alpha = d_theta = 0.0
+    for k in range(1, spec.levels + 1):  # D is small and static: unrolled, fused by XLA
+      v = mag - k * th
+      p = phi(al * v)
+      d_h = d_h + al * p
+      d_alpha = d_alpha + v * p
+      d_theta = d_theta - k * al * p
+    dh = dh + ds * d_h
+    ds_signed = ds * sgn if spec.signed else ds
+    dalpha = dalpha + jnp.sum(ds_signed * d_alpha)
+    dtheta = dtheta + jnp.sum(ds_signed * d_theta)
+    dlam = dlam + jnp.sum(dh * u_before(t))
+    if c is None:
+      dx = dh
+    else:
+      x_t = jax.lax.dynamic_index_in_dim(x_TB, t, keepdims=False).astype(f32)
+      dlam = dlam - jnp.sum(dh * x_t)
+      dx = c * dh
+    G = jax.lax.dynamic_update_index_in_dim(G, dx.astype(dtype), t, 0)
+    return (lam * dh, dlam, G), (dalpha, dtheta)
+
+  carry0 = after_cotangent((jnp.zeros(H_TB.shape[1:], f32), jnp.zeros((), f32)), gS_TB)
+  xs = (jnp.arange(T), theta_used_T, alpha_used_T) + tuple(stat_cts)
+  # The backward is never fully unrolled: XLA would fuse the T steps' recurrence into one
+  # loop that re-evaluates it per output step (quadratic in T).
+  bwd_unroll = 1 if _full_unroll(unroll, T) else unroll
+  (_, dlam, dx_TB), (dalpha_T, dtheta_T) = jax.lax.scan(
+      step, carry0 + (gS_TB,), xs, reverse=True, unroll=bwd_unroll)
+  if spec.surrogate_mode == "dynamic":  # alpha came from H's statistics (no gradient)
+    dalpha_T = jnp.zeros_like(dalpha_T)
+  if spec.adaptive:  # stop_gradient on the threshold
+    dtheta_T = jnp.zeros_like(dtheta_T)
+  elif not _zero(gtheta_T):  # fixed thresholds pass through to the theta_used output
+    dtheta_T = dtheta_T + gtheta_T.astype(f32)
+  return dx_TB, dalpha_T, dlam.astype(decay.dtype), dtheta_T
+
+
+_neuron_fused.defvjp(_neuron_fused_fwd, _neuron_fused_bwd, symbolic_zeros=True)
 
 
 def alpha_from_rho(rho: Array) -> Array:
