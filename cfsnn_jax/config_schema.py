@@ -35,6 +35,7 @@ def neuron_config(name: str = "cf", **overrides: Any) -> ml_collections.ConfigDi
   c.alpha = config_dict.placeholder(float)  # initial sharpness (None: family default)
   c.surrogate_mode = config_dict.placeholder(str)  # per_step | per_layer | fixed | dynamic
   c.dynamic_stat = config_dict.placeholder(str)  # DS-ATGO width statistic: std | threshold
+  c.activation = config_dict.placeholder(str)  # spike (default) | relu: the ANN twin (T = 1)
   for k, v in overrides.items():
     setattr(c, k, v)
   return c
@@ -56,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_steps = 4  # T
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"  # model registry name (cfsnn_jax.models.MODELS); other fields: kwargs
+  c.model.remat = "none"  # none | neuron | block | block_full: jax.checkpoint (PERFORMANCE.md)
   c.neuron = neuron_config("cf")
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "ce"  # ce (time-mean logits) | tet
@@ -106,6 +108,7 @@ def validate_config(config: Any) -> None:
 
   data.validate_dataset_name(config.dataset)
   models.validate_model_name(config.model.name)
+  models.validate_remat(config.model.get("remat", "none"))
   neurons.validate_num_steps(config.num_steps)
   neuron_spec(config.neuron)
   losses.validate_loss_config(config.loss.name, config.loss.pn_variant)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 from flax import nnx
 
 from cfsnn_jax.layers import NeuronFactory
+from cfsnn_jax.models.common import REMATS, validate_remat
 from cfsnn_jax.models.convnet import SpikingConvNet
 from cfsnn_jax.models.mlp import SpikingMLP
 from cfsnn_jax.models.resnet import resnet18, resnet19, resnet20

@@ -8,13 +8,83 @@ time-major batch ``[T, B, ...]``, and returns ``(logits_TBK, aux)`` with ``aux``
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfsnn_jax.layers import fold, unfold
+from cfsnn_jax.layers import NeuronFactory, checkpoint, fold, unfold
+
+# Rematerialisation (``config.model.remat``; every model takes ``remat``). Value: (policy of
+# the per-block checkpoint, or None for no block checkpoint; checkpoint each neuron). A
+# "block" is a ResNet BasicBlock, a VGG / conv-net / MLP ``layer -> BN -> neuron`` unit, a
+# Spikformer patch-splitting unit or Transformer block (stems and hidden FC units as well).
+REMATS: dict[str, tuple[Any, bool]] = {
+    "none": (None, False),  # keep every residual (fastest, most memory)
+    "neuron": (None, True),  # each neuron keeps its input; backward recomputes scan + stats
+    "block": ("dots", False),  # each block keeps conv / matmul outputs, recomputes the rest
+    "block_full": ("nothing", False),  # each block keeps its input only (recomputes convs)
+}
+_POLICIES = {"nothing": jax.checkpoint_policies.nothing_saveable,
+             "dots": jax.checkpoint_policies.dots_saveable}
+
+
+def validate_remat(remat: str) -> None:
+  if remat not in REMATS:
+    raise ValueError(f"unknown remat {remat!r}; valid choices: {', '.join(REMATS)}")
+
+
+def remat_neuron(remat: str, neuron: NeuronFactory) -> NeuronFactory:
+  """The model's neuron factory for ``remat`` (checkpointing each neuron where asked)."""
+  validate_remat(remat)
+  return neuron.replace(remat=True) if REMATS[remat][1] else neuron
+
+
+def remat_block(remat: str) -> Callable[[Callable], Callable]:
+  """``wrap(fn)``: ``fn`` (a function of modules and arrays) checkpointed with the block
+  policy of ``remat`` (``checkpoint_modules``), or ``fn`` itself."""
+  policy = REMATS[remat][0]
+  if policy is None:
+    return lambda fn: fn
+  return lambda fn: checkpoint_modules(fn, _POLICIES[policy])
+
+
+def checkpoint_modules(fn: Callable, policy: Callable | None = None) -> Callable:
+  """``fn(*modules_and_arrays)`` under ``layers.checkpoint``: the modules' state goes in as
+  explicit arguments and their updates (BatchNorm statistics, DS-ATGO EMA) come back out and
+  are written to the modules, as ``nnx.remat`` does."""
+  def wrapped(*args):
+    is_module = [isinstance(a, nnx.Module) for a in args]
+    modules = tuple(a for a, m in zip(args, is_module) if m)
+    arrays = tuple(a for a, m in zip(args, is_module) if not m)
+    graphdef, state = nnx.split(modules)
+
+    def pure(state, arrays):
+      merged = nnx.merge(graphdef, state)
+      next_module, next_array = iter(merged).__next__, iter(arrays).__next__
+      out = fn(*(next_module() if m else next_array() for m in is_module))
+      return out, nnx.state(merged)
+
+    out, new_state = checkpoint(pure, policy)(state, arrays)
+    nnx.update(modules, new_state)
+    return out
+  return wrapped
+
+
+def call_module(module: nnx.Module, *args):
+  """``module(*args)``: a function of the module, for ``nnx.remat``."""
+  return module(*args)
+
+
+def bn_neuron(bn: nnx.Module, sn: nnx.Module, x_TB: jax.Array):
+  """``neuron(BN(x))`` on ``[T, B, ...]``: one unit for ``remat_block``."""
+  return sn(bn(x_TB))
+
+
+def layer_bn_neuron(layer: nnx.Module, bn: nnx.Module, sn: nnx.Module, x_TB: jax.Array):
+  """``neuron(BN(layer(x)))`` with the stateless ``layer`` (conv / linear) on ``[T*B, ...]``."""
+  return sn(bn(unfold(layer(fold(x_TB)), x_TB.shape[0])))
 
 
 def to_time_major(x: jax.Array, num_steps: int, static_input: bool) -> jax.Array:

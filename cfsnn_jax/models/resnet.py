@@ -13,7 +13,8 @@ where the shape changes. Residual forms:
   shortcut has its own neuron (``neuron(BN(conv1x1(x)))``), so both summands are spikes and
   the block output is an integer count.
 Every stride must divide the feature map exactly, so H and W must be multiples of the total
-stride; anything else fails in ``__init__`` with one line.
+stride; anything else fails in ``__init__`` with one line. ``remat`` (``common.REMATS``)
+checkpoints each BasicBlock (and the stem's BN + neuron) and/or each neuron.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfsnn_jax.layers import NeuronFactory, collect_aux, fold, unfold
-from cfsnn_jax.models.common import TimeBatchNorm, check_model_input, to_time_major
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_model_input,
+                                     remat_block, remat_neuron, to_time_major)
 
 RESIDUALS = ("standard", "sew_add")
 
@@ -85,7 +87,7 @@ class SpikingResNet(nnx.Module):
                stage_blocks: Sequence[int], widths: Sequence[int], strides: Sequence[int],
                stem_width: int = 0, stem_stride: int = 1, stem_pool: bool = False,
                head_hidden: int = 0, residual: str = "standard", static_input: bool = True,
-               per_step_bn: bool = False, rngs: nnx.Rngs):
+               per_step_bn: bool = False, remat: str = "none", rngs: nnx.Rngs):
     if residual not in RESIDUALS:
       raise ValueError(f"unknown residual {residual!r}; valid choices: {', '.join(RESIDUALS)}")
     if not len(stage_blocks) == len(widths) == len(strides) or not widths:
@@ -98,8 +100,10 @@ class SpikingResNet(nnx.Module):
     if h % total or w % total:
       raise ValueError(f"resnet with total stride {total} needs H and W divisible by {total}, "
                        f"got {h}x{w}")
+    neuron = remat_neuron(remat, neuron)
     T = neuron.num_steps
     self.num_steps = T
+    self.remat = remat
     self.static_input = static_input
     self.input_shape = tuple(input_shape)
     self.stem_pool = stem_pool
@@ -131,12 +135,13 @@ class SpikingResNet(nnx.Module):
       x = to_time_major(self.stem_conv(x), T, True)
     else:
       x = _conv_stage(self.stem_conv, x, T)
-    x, a = self.stem_sn(self.stem_bn(x))
+    wrap = remat_block(self.remat)
+    x, a = wrap(bn_neuron)(self.stem_bn, self.stem_sn, x)
     aux = [a]
     if self.stem_pool:
       x = unfold(nnx.max_pool(fold(x), (2, 2), strides=(2, 2)), T)
     for block in self.blocks:
-      x, block_aux = block(x)
+      x, block_aux = wrap(call_module)(block, x)
       aux.extend(block_aux)
     x = jnp.mean(x, axis=(2, 3))  # global average pool: [T, B, C]
     if self.fc is not None:

@@ -25,6 +25,8 @@ layers and BN act on all leading axes at once (BN normalises over ``T*B*N`` per 
   (the encoder; repeated over T) -> ``neuron(BN(.))`` -> blocks -> mean over non-padding tokens
   -> ``FC classes`` (the loss averages over time). Padding tokens (``pad_id``) are also
   removed from the attention's keys. ``L > max_len`` fails with one line at trace time.
+- ``remat`` (``common.REMATS``, both models) checkpoints each Transformer block and each
+  patch-splitting / embedding unit, and/or each neuron.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfsnn_jax.layers import NeuronAux, NeuronFactory, SpikingNeuron, collect_aux, fold, unfold
-from cfsnn_jax.models.common import TimeBatchNorm, check_model_input, to_time_major
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_model_input,
+                                     layer_bn_neuron, remat_block, remat_neuron, to_time_major)
 
 ATTENTIONS = ("ssa", "sdsa")
 
@@ -151,7 +154,8 @@ class Spikformer(nnx.Module):
                embed_dim: int = 384, depth: int = 4, num_heads: int = 12,
                mlp_ratio: float = 4.0, patch_size: int = 4, attention: str = "ssa",
                attn_scale: float = 0.125, attn_threshold: float | None = 0.5,
-               static_input: bool = True, per_step_bn: bool = False, rngs: nnx.Rngs):
+               static_input: bool = True, per_step_bn: bool = False, remat: str = "none",
+               rngs: nnx.Rngs):
     _check_transformer_args(embed_dim, num_heads, attention)
     if embed_dim % 8:
       raise ValueError(f"spikformer embed_dim must be a multiple of 8 (patch splitting widths "
@@ -164,8 +168,10 @@ class Spikformer(nnx.Module):
     if h % patch_size or w % patch_size:
       raise ValueError(f"spikformer with patch_size {patch_size} needs H and W divisible by "
                        f"{patch_size}, got {h}x{w}")
+    neuron = remat_neuron(remat, neuron)
     T = neuron.num_steps
     self.num_steps = T
+    self.remat = remat
     self.static_input = static_input
     self.input_shape = tuple(input_shape)
     widths = [embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
@@ -189,22 +195,22 @@ class Spikformer(nnx.Module):
   def __call__(self, x: jax.Array):
     T = self.num_steps
     check_model_input("spikformer", x, self.input_shape, T, self.static_input)
+    wrap = remat_block(self.remat)
     aux = []
     for i, (conv, bn, sn) in enumerate(zip(self.sps_convs, self.sps_norms, self.sps_neurons)):
       if i == 0 and self.static_input:  # encoder: the first conv runs once on [B, H, W, C]
-        x = to_time_major(conv(x), T, True)
+        x, a = wrap(bn_neuron)(bn, sn, to_time_major(conv(x), T, True))
       else:
-        x = unfold(conv(fold(x)), T)
-      x, a = sn(bn(x))
+        x, a = wrap(layer_bn_neuron)(conv, bn, sn, x)
       aux.append(a)
       if self.pool_after[i]:
         x = unfold(nnx.max_pool(fold(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))), T)
-    rpe, a = self.rpe_sn(self.rpe_bn(unfold(self.rpe_conv(fold(x)), T)))
+    rpe, a = wrap(layer_bn_neuron)(self.rpe_conv, self.rpe_bn, self.rpe_sn, x)
     aux.append(a)
     x = x + rpe
     x = x.reshape(x.shape[:2] + (-1, x.shape[-1]))  # [T, B, N, D]
     for block in self.blocks:
-      x, block_aux = block(x)
+      x, block_aux = wrap(call_module)(block, x)
       aux.extend(block_aux)
     return self.head(jnp.mean(x, axis=2)), collect_aux(aux)
 
@@ -217,7 +223,7 @@ class SpikingTextTransformer(nnx.Module):
                num_heads: int = 8, mlp_ratio: float = 4.0, attention: str = "ssa",
                attn_scale: float = 0.125, attn_threshold: float | None = 0.5,
                pad_id: int | None = 0, static_input: bool = True, per_step_bn: bool = False,
-               rngs: nnx.Rngs):
+               remat: str = "none", rngs: nnx.Rngs):
     _check_transformer_args(embed_dim, num_heads, attention)
     if not static_input:
       raise ValueError("text_transformer takes static token ids [B, L]; event input is not "
@@ -232,8 +238,10 @@ class SpikingTextTransformer(nnx.Module):
     if input_shape[0] > max_len:
       raise ValueError(f"text_transformer: sequence length {input_shape[0]} exceeds "
                        f"max_len={max_len}")
+    neuron = remat_neuron(remat, neuron)
     T = neuron.num_steps
     self.num_steps = T
+    self.remat = remat
     self.static_input = True
     self.max_len = max_len
     self.vocab_size = vocab_size
@@ -260,11 +268,12 @@ class SpikingTextTransformer(nnx.Module):
                        f"max_len={self.max_len}")
     # Lookup in the table's own dtype (nnx.Embed would promote a bf16 table to float32).
     x_BLD = jnp.take(self.embed.embedding[...], tokens_BL, axis=0) + self.pos_embed[...][:L]
-    x, a = self.embed_sn(self.embed_bn(to_time_major(x_BLD, T, True)))  # encoder over T
+    wrap = remat_block(self.remat)
+    x, a = wrap(bn_neuron)(self.embed_bn, self.embed_sn, to_time_major(x_BLD, T, True))
     aux = [a]
     mask_BN = None if self.pad_id is None else (tokens_BL != self.pad_id).astype(x.dtype)
     for block in self.blocks:
-      x, block_aux = block(x, mask_BN)
+      x, block_aux = wrap(call_module)(block, x, mask_BN)
       aux.extend(block_aux)
     if mask_BN is None:
       pooled = jnp.mean(x, axis=2)

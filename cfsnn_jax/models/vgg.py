@@ -7,7 +7,8 @@ step, the VGGSNN default); output ``(logits_TBK, aux[L, T])``, one aux row per s
 ``layout`` is a sequence of conv widths (``conv3x3 -> BN -> neuron``) and ``"A"`` (2x2 average
 pool); then flatten, ``len(hidden)`` x ``FC -> BN -> neuron`` and ``FC classes``. The
 classifier sees ``H/2^p x W/2^p x C_last`` with ``p`` pools, so H and W must be multiples of
-``2^p`` (checked in ``__init__``).
+``2^p`` (checked in ``__init__``). ``remat`` (``common.REMATS``) checkpoints each
+``conv -> BN -> neuron`` (and FC) unit and/or each neuron.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import jax
 from flax import nnx
 
 from cfsnn_jax.layers import NeuronFactory, collect_aux, fold, unfold
-from cfsnn_jax.models.common import TimeBatchNorm, check_model_input, to_time_major
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_model_input,
+                                     layer_bn_neuron, remat_block, remat_neuron, to_time_major)
 
 POOL = "A"
 VGGSNN_LAYOUT = (64, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL)
@@ -29,7 +31,8 @@ class SpikingVGG(nnx.Module):
 
   def __init__(self, *, input_shape: Sequence[int], num_classes: int, neuron: NeuronFactory,
                layout: Sequence[int | str], hidden: Sequence[int] = (),
-               static_input: bool = True, per_step_bn: bool = False, rngs: nnx.Rngs):
+               static_input: bool = True, per_step_bn: bool = False, remat: str = "none",
+               rngs: nnx.Rngs):
     layout = tuple(layout)
     bad = [v for v in layout if v != POOL and not (isinstance(v, int) and v > 0)]
     if bad or not layout or layout[0] == POOL:
@@ -42,8 +45,10 @@ class SpikingVGG(nnx.Module):
     if h % scale or w % scale:
       raise ValueError(f"vgg with {layout.count(POOL)} pooling stages needs H and W divisible "
                        f"by {scale}, got {h}x{w}")
+    neuron = remat_neuron(remat, neuron)
     T = neuron.num_steps
     self.num_steps = T
+    self.remat = remat
     self.static_input = static_input
     self.input_shape = tuple(input_shape)
     self.layout = layout
@@ -68,6 +73,7 @@ class SpikingVGG(nnx.Module):
   def __call__(self, x: jax.Array):
     T = self.num_steps
     check_model_input("vgg", x, self.input_shape, T, self.static_input)
+    wrap = remat_block(self.remat)
     aux = []
     i = 0
     for v in self.layout:
@@ -76,14 +82,14 @@ class SpikingVGG(nnx.Module):
         continue
       if i == 0 and self.static_input:  # encoder: the first conv runs once on [B, H, W, C]
         x = to_time_major(self.convs[0](x), T, True)
+        x, a = wrap(bn_neuron)(self.norms[i], self.neurons[i], x)
       else:
-        x = unfold(self.convs[i](fold(x)), T)
-      x, a = self.neurons[i](self.norms[i](x))
+        x, a = wrap(layer_bn_neuron)(self.convs[i], self.norms[i], self.neurons[i], x)
       aux.append(a)
       i += 1
     x = x.reshape(x.shape[:2] + (-1,))
     for fc, bn, sn in zip(self.fcs, self.fc_norms, self.fc_neurons):
-      x, a = sn(bn(fc(x)))
+      x, a = wrap(layer_bn_neuron)(fc, bn, sn, x)
       aux.append(a)
     return self.head(x), collect_aux(aux)
 
