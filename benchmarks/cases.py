@@ -1,0 +1,92 @@
+"""What the benchmark runs: one config per model, built from ``config_schema.base_config()``.
+
+A *case* is (model, T, remat, dtype, batch, ann). ``case_config(case)`` returns the training
+config the case times through ``train.create_train_state`` / ``train.train_step``; the recipe
+fields (loss, optimizer) follow the experiment configs of the same model (``configs/cifar100.py``
+for ResNet-19, ``configs/cifar10_dvs.py`` for VGGSNN, ``configs/cifar10_spikformer.py`` for
+Spikformer) and are restated here so a benchmark does not move when an experiment is retuned.
+The ANN twin is the same network with ``neuron.activation = "relu"`` at T = 1.
+``--tiny`` shrinks every model to a few channels (tests, smoke runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from cfsnn_jax import config_schema
+from cfsnn_jax.data.sources import DatasetInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  model: str  # a key of BENCH_MODELS
+  num_steps: int  # T (the ANN twin: 1)
+  batch: int  # global batch size
+  dtype: str = "float32"  # compute dtype: float32 | bfloat16
+  remat: str = "none"  # config.model.remat
+  ann: bool = False  # the ReLU twin instead of the spiking network
+  tiny: bool = False  # a few channels per layer (tests)
+
+  @property
+  def label(self) -> str:
+    return (f"{self.model}{'-tiny' if self.tiny else ''} "
+            f"{'ANN' if self.ann else 'T=' + str(self.num_steps)} {self.remat} {self.dtype}")
+
+
+# name -> (dataset description, model fields, tiny model fields, recipe overrides)
+BENCH_MODELS: dict[str, dict[str, Any]] = {
+    "resnet19": dict(
+        info=DatasetInfo("cifar100", 100, (32, 32, 3), static_input=True, synthetic=True),
+        model=dict(name="resnet19", residual="standard"),
+        tiny=dict(widths=(8, 8, 16), head_hidden=8),
+        tiny_input=(8, 8, 3),
+        loss=dict(name="ce", label_smoothing=0.1),
+        optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4)),
+    "vggsnn": dict(
+        info=DatasetInfo("cifar10_dvs", 10, (48, 48, 2), static_input=False, synthetic=True),
+        model=dict(name="vggsnn"),
+        tiny=dict(layout=(8, 8, "A", 8, 8, "A", 8, 8, "A", 8, 8, "A")),
+        tiny_input=(16, 16, 2),
+        loss=dict(name="tet", tet_lambda=1e-3, tet_phi=1.0),
+        optimizer=dict(name="adamw", learning_rate=1e-3)),
+    "spikformer": dict(
+        info=DatasetInfo("cifar10", 10, (32, 32, 3), static_input=True, synthetic=True),
+        model=dict(name="spikformer", embed_dim=384, depth=4, num_heads=12, mlp_ratio=4.0,
+                   patch_size=4, attention="ssa"),
+        tiny=dict(embed_dim=16, depth=1, num_heads=2),
+        tiny_input=(8, 8, 3),
+        loss=dict(name="ce", label_smoothing=0.1),
+        optimizer=dict(name="adamw", learning_rate=5e-4, weight_decay=6e-2)),
+}
+
+
+def dataset_info(case: Case) -> DatasetInfo:
+  spec = BENCH_MODELS[case.model]
+  info = spec["info"]
+  if case.tiny:
+    info = dataclasses.replace(info, input_shape=spec["tiny_input"])
+  return info
+
+
+def case_config(case: Case) -> ml_collections.ConfigDict:
+  spec = BENCH_MODELS[case.model]
+  c = config_schema.base_config()
+  c.dataset = spec["info"].name
+  c.num_steps = case.num_steps
+  for k, v in dict(spec["model"], **(spec["tiny"] if case.tiny else {})).items():
+    setattr(c.model, k, v)
+  c.model.remat = case.remat
+  c.neuron = config_schema.neuron_config("cf", surrogate_mode="per_step")
+  if case.ann:
+    c.neuron.activation = "relu"
+  c.loss.pn_weight = 1e-3
+  for k, v in spec["loss"].items():
+    setattr(c.loss, k, v)
+  for k, v in spec["optimizer"].items():
+    setattr(c.optimizer, k, v)
+  c.batch_size = case.batch
+  c.compute_dtype = case.dtype
+  return c

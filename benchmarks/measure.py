@@ -1,0 +1,174 @@
+"""Measures one benchmark case: compile time, XLA memory, step time of ``train.train_step``.
+
+The step is jitted exactly as the training loop jits it (``train.train_and_evaluate``):
+``functools.partial(train_step, graphdef=..., tx=..., loss_cfg=..., compute_dtype=...)``,
+``donate_argnums=(0,)``, replicated state, batch sharded over a ``data`` mesh of every device.
+It is compiled ahead of time (``lower`` + ``compile``, timed separately) and the compiled
+executable runs the warm-up and timed steps: an executable cannot recompile, so a state whose
+structure, dtypes or shardings changed between steps would fail here instead of silently
+compiling again.
+
+Memory:
+- ``xla_peak_bytes`` = argument + output - aliased + temp bytes of
+  ``compiled.memory_analysis()``: what XLA's buffer assignment needs for one step (the state
+  counted once thanks to donation). Deterministic; the figure the targets use on CPU.
+- ``rss_peak_bytes``: the process's resident-set high-water mark (``getrusage``) after the
+  steps; includes the Python/JAX runtime and compilation, so only meaningful per process.
+- ``device_peak_bytes``: ``device.memory_stats()['peak_bytes_in_use']`` where the backend
+  reports it (GPU / TPU); ``None`` on CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from benchmarks.cases import Case, case_config, dataset_info
+from cfsnn_jax import train
+
+
+# glibc malloc settings for XLA:CPU (docs/PERFORMANCE.md): one arena, no mmap, no trimming,
+# so the buffers XLA allocates and frees every step are reused instead of being unmapped and
+# page-faulted (zeroed by the kernel) again on the next step.
+TUNED_MALLOC = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                "glibc.malloc.trim_threshold=68719476736")
+
+
+def tune_malloc() -> bool:
+  """The same settings for an already running process, with ``mallopt`` (best before jax
+  starts its threads); ``GLIBC_TUNABLES=TUNED_MALLOC`` in the environment is equivalent.
+  Returns False where libc has no ``mallopt`` (not glibc)."""
+  import ctypes
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:
+    return False
+  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+  return bool(libc.mallopt(m_arena_max, 1) and libc.mallopt(m_mmap_max, 0)
+              and libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def machine() -> dict[str, Any]:
+  """CPU model, core count, library versions and devices of this process."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  import flax
+  import jaxlib
+  dev = jax.devices()
+  return {"cpu": cpu, "cpu_cores": os.cpu_count(), "python": platform.python_version(),
+          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+          "platform": dev[0].platform, "device_kind": dev[0].device_kind,
+          "num_devices": len(dev), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+
+
+def synthetic_batch(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
+  """A fixed random batch in the loop's layout (example-major; events ``[B, T, ...]``)."""
+  info = dataset_info(case)
+  rng = np.random.default_rng(seed)
+  T = case.num_steps
+  lead = (case.batch,) if info.static_input else (case.batch, T)
+  image = rng.random(lead + tuple(info.input_shape), dtype=np.float32)
+  if not info.static_input:  # event frames are spike counts
+    image = (image < 0.2).astype(np.float32)
+  label = rng.integers(0, info.num_classes, (case.batch,)).astype(np.int32)
+  return {"image": image, "label": label}
+
+
+def _memory(compiled) -> dict[str, Any]:
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - some backends do not implement it
+    m = None
+  if m is None:
+    return {"xla_peak_bytes": None}
+  out = {k: int(getattr(m, k + "_in_bytes", 0)) for k in
+         ("argument_size", "output_size", "alias_size", "temp_size", "generated_code_size")}
+  out["xla_peak_bytes"] = (out["argument_size"] + out["output_size"] - out["alias_size"]
+                           + out["temp_size"])
+  return out
+
+
+def _flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops")) if cost and cost.get("flops") else None
+  except Exception:  # noqa: BLE001
+    return None
+
+
+def run_case(case: Case, *, steps: int = 5, warmup: int = 1) -> dict[str, Any]:
+  """Compiles and times one case; returns a flat dict of results (JSON-serialisable)."""
+  config = case_config(case)
+  info = dataset_info(case)
+  t0 = time.perf_counter()
+  graphdef, _, state, tx, num_params = train.create_train_state(config, info, total_steps=1000)
+  build_s = time.perf_counter() - t0
+  mesh = train.make_mesh()
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+  state = jax.device_put(state, replicated)
+  batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+           for k, v in synthetic_batch(case).items()}
+  step_fn = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
+                                      loss_cfg=config.loss, compute_dtype=config.compute_dtype),
+                    donate_argnums=(0,), out_shardings=(replicated, replicated))
+  t0 = time.perf_counter()
+  lowered = step_fn.lower(state, batch)
+  lower_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+
+  times, cpu_times = [], []
+  metrics = None
+  for i in range(warmup + steps):
+    t0, c0 = time.perf_counter(), time.process_time()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+      cpu_times.append(time.process_time() - c0)
+  loss = float(metrics["loss"]) if metrics is not None else float("nan")
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+  median = statistics.median(times) if times else float("nan")
+  flops = _flops(compiled)
+  result = {
+      "model": case.model, "tiny": case.tiny, "ann": case.ann,
+      "num_steps": case.num_steps, "batch": case.batch,
+      "dtype": case.dtype, "remat": case.remat, "num_params": int(num_params),
+      "build_s": build_s, "lower_s": lower_s, "compile_s": compile_s,
+      "trace_compile_s": lower_s + compile_s,
+      "step_s_median": median, "step_s_min": min(times, default=float("nan")),
+      "step_s_max": max(times, default=float("nan")),
+      "step_s_all": times, "images_per_s": case.batch / median,
+      "cpu_s_median": statistics.median(cpu_times) if cpu_times else float("nan"),
+      "cpu_s_all": cpu_times,
+      "flops_per_step": flops,
+      "achieved_flops_per_s": flops / median if flops and times else None,
+      "loss_after": loss, "finite": bool(np.isfinite(loss)),
+      "rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      "device_peak_bytes": (int(stats["peak_bytes_in_use"])
+                            if stats and "peak_bytes_in_use" in stats else None),
+  }
+  result.update(_memory(compiled))
+  return result

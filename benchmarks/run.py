@@ -1,0 +1,250 @@
+"""Benchmark entry point: train-step throughput, compile time and peak memory.
+
+  python -m benchmarks.run                                  # ResNet-19, VGGSNN, Spikformer
+  python -m benchmarks.run --models=resnet19 --num_steps=4,8 --batch=8 --remat=none,block \\
+      --dtype=float32 --steps=5 --out=/tmp/bench.json
+  python -m benchmarks.run --tiny --steps=2                 # smoke test (seconds)
+
+Every case (model, T, remat, dtype) runs ``cfsnn_jax.train.train_step`` exactly as the
+training loop jits it (see ``benchmarks/measure.py``) on a synthetic batch, in a fresh
+subprocess by default (``--isolate``) so that compilation caches, the process RSS high-water
+mark and the accelerator's peak-memory counter belong to that case alone. Per model the ANN
+twin (``neuron.activation = "relu"``, same layers, T = 1; ``--ann_num_steps`` adds ReLU
+networks at other T) runs in the same invocation as the reference. The output is a table on
+stdout (with the machine description) and, with ``--out``, a JSON file of every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks.cases import BENCH_MODELS, Case
+from benchmarks.measure import TUNED_MALLOC
+
+_RESULT = "BENCHMARK_RESULT "
+
+
+def _ints(s: str) -> list[int]:
+  return [int(v) for v in s.split(",") if v]
+
+
+def _strs(s: str) -> list[str]:
+  return [v for v in s.split(",") if v]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", type=_strs, default=list(BENCH_MODELS),
+                 help=f"comma list of {', '.join(BENCH_MODELS)}")
+  p.add_argument("--num_steps", type=_ints, default=[1, 2, 4, 8], help="T values")
+  p.add_argument("--batch", type=int, default=8, help="global batch size")
+  p.add_argument("--dtype", type=_strs, default=["float32"], help="float32 and/or bfloat16")
+  p.add_argument("--remat", type=_strs, default=["none", "block"],
+                 help="config.model.remat values (none, neuron, block, block_full)")
+  p.add_argument("--ann_num_steps", type=_ints, default=[1],
+                 help="T values of the ReLU twin (empty: no twin)")
+  p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+  p.add_argument("--tiny", action="store_true", help="a few channels per layer (smoke test)")
+  p.add_argument("--xla_flags", default=None,
+                 help="XLA_FLAGS for the measured processes (default: inherit)")
+  p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                 help="host allocator: 'tuned' keeps freed memory (measure.TUNED_MALLOC), "
+                      "'default' is glibc's (re-faults XLA's per-step buffers)")
+  p.add_argument("--no_isolate", dest="isolate", action="store_false",
+                 help="run every case in this process (faster, shared caches and RSS)")
+  p.add_argument("--timeout", type=float, default=1800, help="seconds per isolated case")
+  p.add_argument("--out", default="", help="write every number as JSON here")
+  p.add_argument("--case", default="", help=argparse.SUPPRESS)  # child mode
+  args = p.parse_args(argv)
+  unknown = [m for m in args.models if m not in BENCH_MODELS]
+  if unknown:
+    p.error(f"unknown model(s) {unknown}; valid choices: {', '.join(BENCH_MODELS)}")
+  return args
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
+  out = []
+  for model in args.models:
+    for dtype in args.dtype:
+      for T in args.ann_num_steps:
+        out.append(Case(model, T, args.batch, dtype, "none", ann=True, tiny=args.tiny))
+      for remat in args.remat:
+        for T in args.num_steps:
+          out.append(Case(model, T, args.batch, dtype, remat, tiny=args.tiny))
+  return out
+
+
+def _run_isolated(case: Case, args: argparse.Namespace) -> dict[str, Any]:
+  env = dict(os.environ)
+  if args.xla_flags is not None:
+    env["XLA_FLAGS"] = args.xla_flags
+  if args.malloc == "tuned":
+    env["GLIBC_TUNABLES"] = TUNED_MALLOC
+  else:
+    env.pop("GLIBC_TUNABLES", None)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  cmd = [sys.executable, "-m", "benchmarks.run", "--case", json.dumps(dataclasses.asdict(case)),
+         f"--steps={args.steps}", f"--warmup={args.warmup}"]
+  t0 = time.perf_counter()
+  try:
+    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True,
+                       timeout=args.timeout)
+  except subprocess.TimeoutExpired:
+    return {"error": f"timeout after {args.timeout:.0f} s"}
+  for line in r.stdout.splitlines():
+    if line.startswith(_RESULT):
+      out = json.loads(line[len(_RESULT):])
+      out["process_s"] = time.perf_counter() - t0
+      return out
+  tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+  return {"error": " | ".join(tail) or f"exit code {r.returncode}"}
+
+
+def _child(args: argparse.Namespace) -> None:
+  from benchmarks.measure import run_case
+  case = Case(**json.loads(args.case))
+  print(_RESULT + json.dumps(run_case(case, steps=args.steps, warmup=args.warmup)), flush=True)
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def _mb(b: Any) -> str:
+  return "-" if b is None else f"{b / 2**20:,.0f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+  head = ("model", "net", "T", "remat", "dtype", "B", "img/s", "step s (min-max)", "cpu s",
+          "compile s", "XLA peak MB", "RSS MB", "dev peak MB")
+  rows = [head]
+  for r in results:
+    c = r["case"]
+    name = c["model"] + ("-tiny" if c["tiny"] else "")
+    if "error" in r:
+      rows.append((name, "ANN" if c["ann"] else "SNN", str(c["num_steps"]), c["remat"],
+                   c["dtype"], str(c["batch"]), "error: " + r["error"][:60], "", "", "", "",
+                   "", ""))
+      continue
+    rows.append((
+        name, "ANN" if c["ann"] else "SNN", str(c["num_steps"]), c["remat"], c["dtype"],
+        str(c["batch"]), f"{r['images_per_s']:.2f}",
+        f"{r['step_s_median']:.3f} ({r['step_s_min']:.3f}-{r['step_s_max']:.3f})",
+        f"{r['cpu_s_median']:.2f}", f"{r['trace_compile_s']:.1f}", _mb(r["xla_peak_bytes"]),
+        _mb(r["rss_peak_bytes"]), _mb(r["device_peak_bytes"])))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+  lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in rows]
+  lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+  return "\n".join(lines)
+
+
+def _find(results, **kw):
+  for r in results:
+    c = r["case"]
+    if "error" not in r and all(c.get(k) == v for k, v in kw.items()):
+      return r
+  return None
+
+
+def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+  """The issue's target ratios, from this run's numbers (None where a case is missing)."""
+  out: dict[str, Any] = {}
+  t_max = max(args.num_steps)
+  for model in args.models:
+    for dtype in args.dtype:
+      key = f"{model}/{dtype}"
+      s: dict[str, Any] = {}
+      ann = _find(results, model=model, dtype=dtype, ann=True, num_steps=1)
+      snn4 = _find(results, model=model, dtype=dtype, ann=False, num_steps=4, remat="none")
+      if ann and snn4:
+        s["snn_T4_over_4x_ann"] = snn4["step_s_median"] / (4 * ann["step_s_median"])
+        s["snn_T4_over_4x_ann_cpu"] = snn4["cpu_s_median"] / (4 * ann["cpu_s_median"])
+      if snn4:
+        s["compile_s_T4"] = snn4["trace_compile_s"]
+      base = _find(results, model=model, dtype=dtype, ann=False, num_steps=t_max, remat="none")
+      for remat in args.remat:
+        curve = {}
+        for T in args.num_steps:
+          r = _find(results, model=model, dtype=dtype, ann=False, num_steps=T, remat=remat)
+          if r and r["xla_peak_bytes"]:
+            curve[T] = r["xla_peak_bytes"]
+        if curve:
+          t0 = min(curve)
+          s[f"memory_vs_T/{remat}"] = {T: v / curve[t0] for T, v in sorted(curve.items())}
+        r = _find(results, model=model, dtype=dtype, ann=False, num_steps=t_max, remat=remat)
+        if remat != "none" and r and base:
+          s[f"remat/{remat}/T{t_max}/memory_ratio"] = (
+              r["xla_peak_bytes"] / base["xla_peak_bytes"] if base["xla_peak_bytes"] else None)
+          s[f"remat/{remat}/T{t_max}/throughput_cost"] = (
+              1 - r["images_per_s"] / base["images_per_s"])
+          s[f"remat/{remat}/T{t_max}/cpu_time_cost"] = (
+              r["cpu_s_median"] / base["cpu_s_median"] - 1)
+      out[key] = s
+  return out
+
+
+def _fmt(v: Any) -> str:
+  if isinstance(v, float):
+    return f"{v:.3f}"
+  if isinstance(v, dict):
+    return "{" + ", ".join(f"T={k}: {x:.2f}" for k, x in v.items()) + "}"
+  return str(v)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  args = parse_args(argv)
+  if args.case:
+    _child(args)
+    return {}
+  from benchmarks.measure import machine, run_case, tune_malloc
+  if not args.isolate:
+    if args.xla_flags is not None:
+      os.environ["XLA_FLAGS"] = args.xla_flags  # before jax initialises its backend
+    if args.malloc == "tuned":
+      tune_malloc()
+  mach = machine()
+  if args.xla_flags is not None:
+    mach["xla_flags"] = args.xla_flags
+  mach["malloc"] = args.malloc
+  print(f"machine: {mach['cpu']}, {mach['cpu_cores']} cores; jax {mach['jax']} "
+        f"(jaxlib {mach['jaxlib']}), flax {mach['flax']}; {mach['num_devices']} x "
+        f"{mach['device_kind']} [{mach['platform']}]; XLA_FLAGS={mach['xla_flags']!r}; "
+        f"malloc={args.malloc}",
+        flush=True)
+  results = []
+  for case in cases(args):
+    r = _run_isolated(case, args) if args.isolate else run_case(case, steps=args.steps,
+                                                                   warmup=args.warmup)
+    r["case"] = dataclasses.asdict(case)
+    results.append(r)
+    msg = r.get("error") or (f"{r['images_per_s']:.2f} img/s, step {r['step_s_median']:.3f} s, "
+                             f"compile {r['trace_compile_s']:.1f} s, XLA peak "
+                             f"{_mb(r['xla_peak_bytes'])} MB")
+    print(f"  {case.label}: {msg}", flush=True)
+  summ = summary(results, args)
+  print()
+  print(table(results))
+  for key, s in summ.items():
+    print(f"\n{key}:")
+    for k, v in s.items():
+      print(f"  {k}: {_fmt(v)}")
+  report = {"machine": mach, "args": {k: v for k, v in vars(args).items() if k != "case"},
+            "results": results, "summary": summ}
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=1)
+    print(f"\nwrote {args.out}")
+  return report
+
+
+if __name__ == "__main__":
+  main()
