@@ -32,8 +32,8 @@ class Case:
 
   @property
   def label(self) -> str:
-    return (f"{self.model}{'-tiny' if self.tiny else ''} "
-            f"{'ANN' if self.ann else 'T=' + str(self.num_steps)} {self.remat} {self.dtype}")
+    return (f"{self.model}{'-tiny' if self.tiny else ''} {'ANN' if self.ann else 'SNN'} "
+            f"T={self.num_steps} {self.remat} {self.dtype}")
 
 
 # name -> (dataset description, model fields, tiny model fields, recipe overrides)

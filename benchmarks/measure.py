@@ -172,3 +172,50 @@ def run_case(case: Case, *, steps: int = 5, warmup: int = 1) -> dict[str, Any]:
   }
   result.update(_memory(compiled))
   return result
+
+
+def neuron_suite(num_steps: list[int], batch: int, reps: int = 9) -> list[dict[str, Any]]:
+  """The neuron alone: jitted value-and-grad of a CF layer (D = 4, soft reset, per-step LSG,
+  PN moments) on ``[T, batch, 32, 32, 128]`` float32, for the BPTT / time-loop variants, and
+  a ReLU on the same tensor as the floor. Min and median wall time of ``reps`` calls."""
+  import jax.numpy as jnp
+  from cfsnn_jax import layers, neurons
+  spec = neurons.resolve_spec("cf")
+
+  def before(x, a):  # autodiff of the scan, statistics from the materialised H
+    S, H, _ = neurons.run_neuron(x, spec, alpha_T=a, decay=0.5, bptt="autodiff")
+    axes = tuple(range(1, H.ndim))
+    return S, jnp.mean(jax.nn.relu(H), axis=axes) - jnp.mean(jax.nn.relu(-H), axis=axes)
+
+  def fused(unroll):
+    def f(x, a):
+      S, aux, _ = layers.neuron_forward(x, a, jnp.float32(0.5), None, spec=spec,
+                                        training=True, unroll=unroll, pn_kappa=1.0)
+      return S, aux.h_pos_T - aux.h_neg_T
+    return f
+
+  variants = {"autodiff scan + stats of H (before)": before,
+              "fused BPTT, lax.scan forward": fused(1),
+              "fused BPTT, Python-loop forward (default T<=16)": fused(True),
+              "ReLU (floor)": lambda x, a: (jax.nn.relu(x), jnp.zeros_like(a))}
+  out = []
+  for T in num_steps:
+    x = jax.random.normal(jax.random.key(0), (T, batch, 32, 32, 128))
+    a = jnp.full((T,), 4.0)
+    for name, fn in variants.items():
+      def loss(x, a, fn=fn):
+        S, pn = fn(x, a)
+        return jnp.sum(S * 0.3) + jnp.sum(pn ** 2)
+      g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+      t0 = time.perf_counter()
+      jax.block_until_ready(g(x, a))
+      compile_s = time.perf_counter() - t0
+      times = []
+      for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(g(x, a))
+        times.append(time.perf_counter() - t0)
+      out.append({"num_steps": T, "batch": batch, "variant": name,
+                  "min_ms": 1e3 * min(times), "median_ms": 1e3 * statistics.median(times),
+                  "first_call_s": compile_s})
+  return out

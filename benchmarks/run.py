@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="T values of the ReLU twin (empty: no twin)")
   p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="run the whole case list this many times, round-robin (each case then "
+                      "reports the median over repeats of its step-time medians)")
   p.add_argument("--tiny", action="store_true", help="a few channels per layer (smoke test)")
   p.add_argument("--xla_flags", default=None,
                  help="XLA_FLAGS for the measured processes (default: inherit)")
@@ -63,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="run every case in this process (faster, shared caches and RSS)")
   p.add_argument("--timeout", type=float, default=1800, help="seconds per isolated case")
   p.add_argument("--out", default="", help="write every number as JSON here")
+  p.add_argument("--suite", choices=("train", "neuron"), default="train",
+                 help="train: the train-step cases; neuron: the CF neuron alone "
+                      "(BPTT / time-loop variants, [T, batch, 32, 32, 128])")
+  p.add_argument("--peak_flops", type=float, default=0.0,
+                 help="the device's peak FLOP/s (e.g. 989e12 for H100 dense bf16): adds the "
+                      "achieved fraction per case")
   p.add_argument("--case", default="", help=argparse.SUPPRESS)  # child mode
   args = p.parse_args(argv)
   unknown = [m for m in args.models if m not in BENCH_MODELS]
@@ -114,6 +124,29 @@ def _child(args: argparse.Namespace) -> None:
   from benchmarks.measure import run_case
   case = Case(**json.loads(args.case))
   print(_RESULT + json.dumps(run_case(case, steps=args.steps, warmup=args.warmup)), flush=True)
+
+
+def _combine(rs: list[dict[str, Any]]) -> dict[str, Any]:
+  """One result per case from its repeats: medians of the per-repeat medians (the spread
+  stays in ``step_s_min`` / ``step_s_max`` over all timed steps and in ``repeats``)."""
+  ok = [r for r in rs if "error" not in r]
+  if not ok:
+    return dict(rs[0])
+  if len(ok) == 1:
+    return dict(ok[0], repeats=[ok[0]["step_s_median"]])
+  out = dict(ok[0])
+  for k in ("step_s_median", "cpu_s_median", "trace_compile_s", "lower_s", "compile_s"):
+    out[k] = statistics.median(r[k] for r in ok)
+  out["step_s_min"] = min(r["step_s_min"] for r in ok)
+  out["step_s_max"] = max(r["step_s_max"] for r in ok)
+  out["step_s_all"] = [t for r in ok for t in r["step_s_all"]]
+  out["cpu_s_all"] = [t for r in ok for t in r["cpu_s_all"]]
+  out["rss_peak_bytes"] = max(r["rss_peak_bytes"] for r in ok)
+  out["images_per_s"] = out["batch"] / out["step_s_median"]
+  if out.get("flops_per_step"):
+    out["achieved_flops_per_s"] = out["flops_per_step"] / out["step_s_median"]
+  out["repeats"] = [r["step_s_median"] for r in ok]
+  return out
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -219,16 +252,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{mach['device_kind']} [{mach['platform']}]; XLA_FLAGS={mach['xla_flags']!r}; "
         f"malloc={args.malloc}",
         flush=True)
+  if args.suite == "neuron":
+    from benchmarks.measure import neuron_suite
+    rows = neuron_suite(args.num_steps, args.batch)
+    print("\n| T | B | variant | min ms | median ms | first call s |\n|---|---|---|---|---|---|")
+    for r in rows:
+      print(f"| {r['num_steps']} | {r['batch']} | {r['variant']} | {r['min_ms']:.1f} | "
+            f"{r['median_ms']:.1f} | {r['first_call_s']:.1f} |")
+    report = {"machine": mach, "args": {k: v for k, v in vars(args).items() if k != "case"},
+              "neuron": rows}
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+  runs: dict[Case, list[dict[str, Any]]] = {c: [] for c in cases(args)}
+  for rep in range(args.repeats):
+    for case in runs:
+      r = _run_isolated(case, args) if args.isolate else run_case(case, steps=args.steps,
+                                                                     warmup=args.warmup)
+      runs[case].append(r)
+      msg = r.get("error") or (f"{r['images_per_s']:.2f} img/s, step {r['step_s_median']:.3f} "
+                               f"s, compile {r['trace_compile_s']:.1f} s, XLA peak "
+                               f"{_mb(r['xla_peak_bytes'])} MB")
+      print(f"  [{rep + 1}/{args.repeats}] {case.label}: {msg}", flush=True)
   results = []
-  for case in cases(args):
-    r = _run_isolated(case, args) if args.isolate else run_case(case, steps=args.steps,
-                                                                   warmup=args.warmup)
+  for case, rs in runs.items():
+    r = _combine(rs)
     r["case"] = dataclasses.asdict(case)
+    if args.peak_flops and r.get("achieved_flops_per_s"):
+      r["fraction_of_peak"] = r["achieved_flops_per_s"] / args.peak_flops
     results.append(r)
-    msg = r.get("error") or (f"{r['images_per_s']:.2f} img/s, step {r['step_s_median']:.3f} s, "
-                             f"compile {r['trace_compile_s']:.1f} s, XLA peak "
-                             f"{_mb(r['xla_peak_bytes'])} MB")
-    print(f"  {case.label}: {msg}", flush=True)
   summ = summary(results, args)
   print()
   print(table(results))

@@ -4,6 +4,9 @@ Contract: every model's ``__call__(x)`` takes a static batch ``[B, ...]`` (repea
 after the model's first stateless layer, which acts as the encoder) or, for event data, a
 time-major batch ``[T, B, ...]``, and returns ``(logits_TBK, aux)`` with ``aux`` a
 ``layers.NeuronAux`` whose fields are ``[L, T]`` (one row per spiking layer).
+
+Every model also takes ``remat`` (``REMATS``, ``config.model.remat``): ``remat_neuron`` gives
+the model's neuron factory, ``remat_block(remat)(fn)`` checkpoints one block / unit.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def checkpoint_modules(fn: Callable, policy: Callable | None = None) -> Callable
       merged = nnx.merge(graphdef, state)
       next_module, next_array = iter(merged).__next__, iter(arrays).__next__
       out = fn(*(next_module() if m else next_array() for m in is_module))
-      return out, nnx.state(merged)
+      return out, nnx.state(merged, nnx.Not(nnx.Param))  # parameters do not change
 
     out, new_state = checkpoint(pure, policy)(state, arrays)
     nnx.update(modules, new_state)
@@ -73,7 +76,7 @@ def checkpoint_modules(fn: Callable, policy: Callable | None = None) -> Callable
 
 
 def call_module(module: nnx.Module, *args):
-  """``module(*args)``: a function of the module, for ``nnx.remat``."""
+  """``module(*args)``: a function of the module, for ``remat_block``."""
   return module(*args)
 
 
