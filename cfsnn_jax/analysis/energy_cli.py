@@ -49,8 +49,8 @@ def run() -> None:
   from absl import app, flags, logging
   from ml_collections import config_flags
 
-  default = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__)))), "configs", "default.py")
+  default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "configs", "default.py")
   config_flag = config_flags.DEFINE_config_file(
       "config", default, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
   workdir = flags.DEFINE_string("workdir", "/tmp/cfsnn_jax", "Run directory: its latest "
