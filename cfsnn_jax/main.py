@@ -1,50 +1,237 @@
 """Command-line entry point: ``python -m cfsnn_jax.main --config=configs/X.py --workdir=DIR``.
 
-Flags: ``--config`` (an ml_collections config file, locked so a misspelt ``--config.x=``
-fails with "did you mean"; default ``configs/default.py``), ``--workdir``, and multi-host
-flags (``--coordinator_address``, ``--num_processes``, ``--process_id``; on TPU pods and SLURM
-``jax.distributed.initialize()`` finds them itself with ``--distributed``).
+Flags: ``--config`` (an ml_collections config file path, or a shipped config's name such as
+``cifar100`` / ``cifar100:tiny`` resolved to ``cfsnn_jax/configs/<name>.py``; locked, so a
+misspelt ``--config.x=`` fails with "did you mean"; default: the ``default`` config),
+``--workdir``, and multi-host flags (``--coordinator_address``, ``--num_processes``,
+``--process_id``; on TPU pods and SLURM ``jax.distributed.initialize()`` finds them itself
+with ``--distributed``).
+
+Contract: ``parse_and_validate(argv)`` parses the flags and the config file and validates
+the config against ``config_schema`` without importing jax; every user mistake (missing or
+broken config file, unknown variant, misspelt field, wrong type, out-of-range value) is a
+``UserError``, which ``run`` prints as one ``error: ...`` line (exit status 2, nothing
+compiled, nothing written). Set ``CFSNN_TRACEBACK=1`` to see the traceback of a config-file
+error instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import os
+import re
 import sys
+from typing import Any, Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               "configs", "default.py")
+from cfsnn_jax import config_schema
+from cfsnn_jax.errors import UserError, unknown_choice
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Experiment config file (configs/*.py[:variant]).",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/cfsnn_jax", "Output directory (config.json, "
-                               "metrics.jsonl, TensorBoard events, checkpoints).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
-                                 "(auto-detects TPU pods / SLURM).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for "
-                                   "explicit multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+_DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, "default.py")
+DEFAULT_VARIANTS = ("tiny",)  # a config file's ``VARIANTS`` replaces this list
+
+__doc__ += "\n" + config_schema.describe()
+
+
+def define_flags(fv: flags.FlagValues, argv: Sequence[str] | None = None) -> None:
+  """Defines this program's flags on ``fv``; ``argv``: where ``--config.x`` overrides are
+  read from (``sys.argv`` when None)."""
+  config_flags.DEFINE_config_file(
+      "config", _DEFAULT_CONFIG, "Experiment config: a file (configs/X.py[:variant]) or a "
+      "shipped config name (cifar100[:tiny]). Fields: see the module help above.",
+      flag_values=fv, lock_config=True, sys_argv=None if argv is None else list(argv))
+  flags.DEFINE_string("workdir", "/tmp/cfsnn_jax", "Output directory (config.json, "
+                      "metrics.jsonl, TensorBoard events, checkpoints).", flag_values=fv)
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detects "
+                    "TPU pods / SLURM).", flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for explicit "
+                      "multi-process runs.", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Number of processes.", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=fv)
+
+
+define_flags(flags.FLAGS)
+
+
+@dataclasses.dataclass
+class Parsed:
+  config: Any
+  workdir: str
+  distributed: bool
+  coordinator_address: str | None
+  num_processes: int | None
+  process_id: int | None
+  notes: list[str]
+
+
+def shipped_configs() -> list[str]:
+  return sorted(f[:-3] for f in os.listdir(CONFIGS_DIR)
+                if f.endswith(".py") and not f.startswith("_"))
+
+
+def resolve_config_path(value: str) -> tuple[str, str | None]:
+  """``(file, variant)`` for a ``--config`` value: a path, or a shipped config name."""
+  path, sep, variant = value.partition(":")
+  variant = variant if sep and variant else None
+  if not path:
+    raise UserError(f"--config={value!r}: expected a config file or name")
+  if not os.path.exists(path) and re.fullmatch(r"[A-Za-z0-9_]+", path):
+    named = os.path.join(CONFIGS_DIR, path + ".py")
+    if not os.path.isfile(named):
+      raise unknown_choice("config", path, shipped_configs())
+    path = named
+  if not os.path.exists(path):
+    raise UserError(f"--config={value!r}: no such file {path!r} (shipped config names: "
+                    f"{', '.join(shipped_configs())})")
+  if os.path.isdir(path):
+    raise UserError(f"--config={value!r}: {path!r} is a directory, expected a configs/*.py file")
+  if not path.endswith(".py"):
+    raise UserError(f"--config={value!r}: {path!r} is not a .py config file")
+  return path, variant
+
+
+def _load_module(path: str):
+  spec = importlib.util.spec_from_file_location("_cfsnn_config_check", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UserError(f"--config file {path!r} line {e.lineno}: syntax error: {e.msg}") from e
+  except Exception as e:  # the user's file failed to import
+    raise UserError(f"--config file {path!r} failed to load: {type(e).__name__}: "
+                    f"{_one_line(e)}") from e
+  if not callable(getattr(module, "get_config", None)):
+    raise UserError(f"--config file {path!r} has no get_config(arg=None) function")
+  return module
+
+
+def check_variant(path: str, variant: str | None, module: Any) -> None:
+  allowed = tuple(getattr(module, "VARIANTS", DEFAULT_VARIANTS))
+  if variant is not None and variant not in allowed:
+    raise unknown_choice(f"variant of {os.path.basename(path)}", variant, allowed)
+
+
+def _one_line(e: BaseException) -> str:
+  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+def _normalize_argv(argv: Sequence[str]) -> list[str]:
+  """``--config VALUE`` becomes ``--config=VALUE``."""
+  out, i = [], 0
+  while i < len(argv):
+    if argv[i] == "--config" and i + 1 < len(argv):
+      out.append("--config=" + argv[i + 1])
+      i += 2
+    else:
+      out.append(argv[i])
+      i += 1
+  return out
+
+
+def overridden_fields(argv: Sequence[str]) -> list[str]:
+  """Field paths set on the command line (``--config.model.hidden=...`` -> ``model.hidden``)."""
+  return [m.group(1) for m in (re.match(r"--config\.([\w.]+)", a) for a in argv) if m]
+
+
+def _flag_error_line(e: BaseException) -> str:
+  text = str(e)
+  did_you_mean = re.search(r"[Dd]id you mean[^\n]*", text)
+  first = _one_line(e) if "Error whilst parsing" in text else text.strip().splitlines()[0]
+  if did_you_mean and did_you_mean.group(0) not in first:
+    first = f"{first.rstrip('.')}; {did_you_mean.group(0)}"
+  return first
+
+
+def _unknown_field_line(e: BaseException, argv: Sequence[str]) -> str:
+  text = str(e)
+  name = re.search(r"[A-Za-z_]\w*", text)
+  name = name.group(0) if name else ""
+  paths = [p for p in overridden_fields(argv) if p.split(".")[-1] == name or
+           f".{name}." in f".{p}."]
+  where = f"--config.{paths[-1]}" if paths else f"field {name!r}"
+  hint = re.search(r'Did you mean "(\w+)"', text)
+  hint = f"; did you mean {hint.group(1)!r}?" if hint else "; the fields are listed by --help"
+  return f"unknown config field in {where}{hint}"
+
+
+def parse_and_validate(argv: Sequence[str]) -> Parsed:
+  """Parses ``argv`` (``argv[0]`` is the program) and validates the config; jax-free.
+
+  Raises ``UserError`` (one line) for every mistake in the flags or the config."""
+  argv = _normalize_argv(argv)
+  at = [i for i, a in enumerate(argv) if i > 0 and a.startswith("--config=")]
+  value = argv[at[-1]].split("=", 1)[1] if at else _DEFAULT_CONFIG
+  path, variant = resolve_config_path(value)
+  check_variant(path, variant, _load_module(path))
+  if at:
+    argv[at[-1]] = "--config=" + path + (f":{variant}" if variant else "")
+  try:
+    fv = flags.FlagValues()
+    define_flags(fv, argv)
+    fv(argv)
+    config = fv["config"].value
+    if config is None:
+      raise UserError(f"--config file {path!r}: get_config() returned None")
+    workdir = fv["workdir"].value
+  except UserError:
+    raise
+  except flags.Error as e:
+    if os.environ.get("CFSNN_TRACEBACK"):
+      raise
+    raise UserError(_flag_error_line(e)) from e
+  except Exception as e:  # loading / overriding the user's config: their input
+    if os.environ.get("CFSNN_TRACEBACK"):
+      raise
+    if isinstance(e, (AttributeError, KeyError)):
+      raise UserError(_unknown_field_line(e, argv)) from e
+    raise UserError(f"--config {value!r}: {type(e).__name__}: {_flag_error_line(e)}") from e
+  notes = config_schema.fit_model_fields(config, overridden_fields(argv))
+  config_schema.validate_config(config, require_data_dir=True)
+  return Parsed(config, workdir, fv["distributed"].value, fv["coordinator_address"].value,
+                fv["num_processes"].value, fv["process_id"].value, notes)
+
+
+_PARSED: list[Parsed] = []
+
+
+def _flags_parser(argv: list[str]) -> list[str]:
+  if any(a in ("--help", "-h", "--helpfull", "--helpshort", "-?") for a in argv[1:]):
+    return flags.FLAGS(argv)  # absl prints the help (this docstring + the schema) and exits
+  try:
+    _PARSED.append(parse_and_validate(argv))
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults
+  return [argv[0]]
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax / absl INFO chatter off; progress is ours
+  parsed = _PARSED[-1]
+  for note in parsed.notes:
+    print(note, file=sys.stderr)
   import jax
-  if _COORDINATOR.value is not None:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif _DISTRIBUTED.value:
+  if parsed.coordinator_address is not None:
+    jax.distributed.initialize(parsed.coordinator_address, parsed.num_processes,
+                               parsed.process_id)
+  elif parsed.distributed:
     jax.distributed.initialize()
   from cfsnn_jax import train
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:  # bad input: one clear line, no traceback
-    print(f"error: {e}", file=sys.stderr)
+  from cfsnn_jax.data import pipeline
+  try:  # device-dependent checks, still before anything is written or compiled
+    pipeline.check_batch_size(parsed.config.batch_size, jax.process_count(), jax.device_count())
+    train.train_and_evaluate(parsed.config, parsed.workdir)
+  except ValueError as e:  # bad input (UserError and the data loaders' ValueErrors)
+    print(f"error: {_one_line(e) if isinstance(e, UserError) else e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_flags_parser)

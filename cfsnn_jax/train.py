@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import checkpointing, config_schema, data, losses, models, optim
+from cfsnn_jax import checkpointing, config_schema, data, losses, models, optim, progress
 from cfsnn_jax.analysis import curves, report, spiking_stats
 from cfsnn_jax.data import pipeline
 from cfsnn_jax.layers import NeuronAux, NeuronFactory
@@ -214,10 +214,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
           f"[{jax.devices()[0].platform}], {total_steps} steps"
           + (f", resuming at step {start_step}" if start_step else ""), flush=True)
 
-  from tqdm.auto import tqdm
-  bar = tqdm(total=total_steps, initial=start_step, disable=not (is_writer and
-                                                                  config.progress_bar),
-             dynamic_ncols=True, desc="train")
+  bar = progress.make_progress(total_steps, start_step, is_writer and config.progress_bar,
+                              config.log_every_steps)
   history = {"best_accuracy": 0.0, "last_eval": None}
   pending = None  # metrics of the previous step, pulled one step late
   train_time = 0.0
@@ -245,6 +243,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         if neuron_scalars:
           writer.write(done, "neurons", neuron_scalars)
       bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
+      if is_writer:
+        print(progress.eval_line(done, total_steps, ev), flush=True)
       t_start = time.perf_counter()
     if done % ckpt_every == 0 or done == total_steps:
       checkpointing.save(manager, done, state, train_iter)
