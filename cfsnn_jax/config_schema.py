@@ -418,7 +418,12 @@ def validate_config(config: Any, *, require_data_dir: bool = False) -> None:
       raise UserError(f"config.{f.path} is missing; start configs from "
                       "config_schema.base_config()")
     check_field(f, _get(config, f.path))
-  data.validate_dataset_name(config.dataset)
+  try:
+    data.validate_dataset_name(config.dataset)
+  except UserError:
+    raise
+  except ValueError as e:  # the registry's one-line message
+    raise UserError(str(e)) from None
   if require_data_dir and config.dataset in DATA_DIR_REQUIRED and not config.data_dir:
     raise UserError(f"config.data_dir is unset: dataset {config.dataset!r} reads its files "
                     "from disk; pass --config.data_dir=/path/to/the/data ('fixture' for the "

@@ -18,6 +18,7 @@ error instead.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import os
 import re
@@ -54,7 +55,7 @@ def define_flags(fv: flags.FlagValues, argv: Sequence[str] | None = None) -> Non
   flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=fv)
 
 
-define_flags(flags.FLAGS)
+define_flags(flags.FLAGS, argv=sys.argv[:1])  # for --help; parse_and_validate parses argv
 
 
 @dataclasses.dataclass
@@ -147,7 +148,14 @@ def _flag_error_line(e: BaseException) -> str:
   return first
 
 
-def _unknown_field_line(e: BaseException, argv: Sequence[str]) -> str:
+def _fresh_config(module: Any, variant: str | None) -> Any:
+  try:
+    return module.get_config(variant) if variant else module.get_config()
+  except Exception:  # only used for a "did you mean" hint
+    return None
+
+
+def _unknown_field_line(e: BaseException, argv: Sequence[str], config: Any = None) -> str:
   text = str(e)
   name = re.search(r"[A-Za-z_]\w*", text)
   name = name.group(0) if name else ""
@@ -155,6 +163,15 @@ def _unknown_field_line(e: BaseException, argv: Sequence[str]) -> str:
            f".{name}." in f".{p}."]
   where = f"--config.{paths[-1]}" if paths else f"field {name!r}"
   hint = re.search(r'Did you mean "(\w+)"', text)
+  if not hint and paths and config is not None:
+    *parent, leaf = paths[-1].split(".")
+    try:
+      keys = list(config_schema._get(config, ".".join(parent)).keys()) if parent else list(
+          config.keys())
+    except (KeyError, AttributeError):
+      keys = []
+    close = difflib.get_close_matches(leaf, keys, n=1)
+    hint = re.search(r"(\w+)", f'"{close[0]}"') if close else None
   hint = f"; did you mean {hint.group(1)!r}?" if hint else "; the fields are listed by --help"
   return f"unknown config field in {where}{hint}"
 
@@ -167,7 +184,8 @@ def parse_and_validate(argv: Sequence[str]) -> Parsed:
   at = [i for i, a in enumerate(argv) if i > 0 and a.startswith("--config=")]
   value = argv[at[-1]].split("=", 1)[1] if at else _DEFAULT_CONFIG
   path, variant = resolve_config_path(value)
-  check_variant(path, variant, _load_module(path))
+  module = _load_module(path)
+  check_variant(path, variant, module)
   if at:
     argv[at[-1]] = "--config=" + path + (f":{variant}" if variant else "")
   try:
@@ -188,7 +206,7 @@ def parse_and_validate(argv: Sequence[str]) -> Parsed:
     if os.environ.get("CFSNN_TRACEBACK"):
       raise
     if isinstance(e, (AttributeError, KeyError)):
-      raise UserError(_unknown_field_line(e, argv)) from e
+      raise UserError(_unknown_field_line(e, argv, _fresh_config(module, variant))) from e
     raise UserError(f"--config {value!r}: {type(e).__name__}: {_flag_error_line(e)}") from e
   notes = config_schema.fit_model_fields(config, overridden_fields(argv))
   config_schema.validate_config(config, require_data_dir=True)
