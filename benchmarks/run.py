@@ -3,7 +3,7 @@
   python -m benchmarks.run                                  # ResNet-19, VGGSNN, Spikformer
   python -m benchmarks.run --models=resnet19 --num_steps=4,8 --batch=8 --remat=none,block \\
       --dtype=float32 --steps=5 --out=/tmp/bench.json
-  python -m benchmarks.run --tiny --steps=2                 # smoke test (seconds)
+  python -m benchmarks.run --tiny --steps=2                 # smoke test (under a minute)
 
 Every case (model, T, remat, dtype) runs ``cfsnn_jax.train.train_step`` exactly as the
 training loop jits it (see ``benchmarks/measure.py``) on a synthetic batch, in a fresh
@@ -57,13 +57,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--repeats", type=int, default=1,
                  help="run the whole case list this many times, round-robin (each case then "
                       "reports the median over repeats of its step-time medians)")
-  p.add_argument("--tiny", action="store_true", help="a few channels per layer (smoke test)")
+  p.add_argument("--tiny", action="store_true", help="a few channels per layer (smoke test, "
+                 "under a minute): ResNet-19, T = 2, remat none, in this process, unless --models / "
+                 "--num_steps / --remat / --isolate say otherwise")
+  p.add_argument("--isolate", dest="isolate", action="store_true", default=None,
+                 help="run every case in a fresh subprocess (the default, except with --tiny)")
   p.add_argument("--xla_flags", default=None,
                  help="XLA_FLAGS for the measured processes (default: inherit)")
   p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                  help="host allocator: 'tuned' keeps freed memory (measure.TUNED_MALLOC), "
                       "'default' is glibc's (re-faults XLA's per-step buffers)")
-  p.add_argument("--no_isolate", dest="isolate", action="store_false",
+  p.add_argument("--no_isolate", dest="isolate", action="store_false", default=None,
                  help="run every case in this process (faster, shared caches and RSS)")
   p.add_argument("--timeout", type=float, default=1800, help="seconds per isolated case")
   p.add_argument("--out", default="", help="write every number as JSON here")
@@ -74,7 +78,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="the device's peak FLOP/s (e.g. 989e12 for H100 dense bf16): adds the "
                       "achieved fraction per case")
   p.add_argument("--case", default="", help=argparse.SUPPRESS)  # child mode
+  given = sys.argv[1:] if argv is None else argv
   args = p.parse_args(argv)
+  if args.tiny:  # the smoke test: few cases, one process
+    if not any(a.startswith("--models") for a in given):
+      args.models = ["resnet19"]
+    if not any(a.startswith("--num_steps") for a in given):
+      args.num_steps = [2]
+    if not any(a.startswith("--remat") for a in given):
+      args.remat = ["none"]
+  if args.isolate is None:
+    args.isolate = not args.tiny
   unknown = [m for m in args.models if m not in BENCH_MODELS]
   if unknown:
     p.error(f"unknown model(s) {unknown}; valid choices: {', '.join(BENCH_MODELS)}")

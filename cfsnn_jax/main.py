@@ -176,9 +176,11 @@ def _unknown_field_line(e: BaseException, argv: Sequence[str], config: Any = Non
   return f"unknown config field in {where}{hint}"
 
 
-def parse_and_validate(argv: Sequence[str]) -> Parsed:
+def parse_and_validate(argv: Sequence[str], *, check_paths: bool = True) -> Parsed:
   """Parses ``argv`` (``argv[0]`` is the program) and validates the config; jax-free.
 
+  ``check_paths=False`` skips the data-directory checks (a launcher checking commands that
+  run on other machines).
   Raises ``UserError`` (one line) for every mistake in the flags or the config."""
   argv = _normalize_argv(argv)
   at = [i for i, a in enumerate(argv) if i > 0 and a.startswith("--config=")]
@@ -209,7 +211,7 @@ def parse_and_validate(argv: Sequence[str]) -> Parsed:
       raise UserError(_unknown_field_line(e, argv, _fresh_config(module, variant))) from e
     raise UserError(f"--config {value!r}: {type(e).__name__}: {_flag_error_line(e)}") from e
   notes = config_schema.fit_model_fields(config, overridden_fields(argv))
-  config_schema.validate_config(config, require_data_dir=True)
+  config_schema.validate_config(config, require_data_dir=check_paths)
   return Parsed(config, workdir, fv["distributed"].value, fv["coordinator_address"].value,
                 fv["num_processes"].value, fv["process_id"].value, notes)
 
