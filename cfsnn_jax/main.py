@@ -23,7 +23,7 @@ import importlib.util
 import os
 import re
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -67,6 +67,7 @@ class Parsed:
   num_processes: int | None
   process_id: int | None
   notes: list[str]
+  flag_values: Any = None
 
 
 def shipped_configs() -> list[str]:
@@ -176,11 +177,14 @@ def _unknown_field_line(e: BaseException, argv: Sequence[str], config: Any = Non
   return f"unknown config field in {where}{hint}"
 
 
-def parse_and_validate(argv: Sequence[str], *, check_paths: bool = True) -> Parsed:
+def parse_and_validate(argv: Sequence[str], *, check_paths: bool = True,
+                       define_extra: Callable[[flags.FlagValues], None] | None = None
+                       ) -> Parsed:
   """Parses ``argv`` (``argv[0]`` is the program) and validates the config; jax-free.
 
   ``check_paths=False`` skips the data-directory checks (a launcher checking commands that
-  run on other machines).
+  run on other machines). ``define_extra(fv)`` defines a program's own additional flags
+  (their values: ``Parsed.flag_values``).
   Raises ``UserError`` (one line) for every mistake in the flags or the config."""
   argv = _normalize_argv(argv)
   at = [i for i, a in enumerate(argv) if i > 0 and a.startswith("--config=")]
@@ -193,6 +197,8 @@ def parse_and_validate(argv: Sequence[str], *, check_paths: bool = True) -> Pars
   try:
     fv = flags.FlagValues()
     define_flags(fv, argv)
+    if define_extra is not None:
+      define_extra(fv)
     fv(argv)
     config = fv["config"].value
     if config is None:
@@ -213,7 +219,7 @@ def parse_and_validate(argv: Sequence[str], *, check_paths: bool = True) -> Pars
   notes = config_schema.fit_model_fields(config, overridden_fields(argv))
   config_schema.validate_config(config, require_data_dir=check_paths)
   return Parsed(config, workdir, fv["distributed"].value, fv["coordinator_address"].value,
-                fv["num_processes"].value, fv["process_id"].value, notes)
+                fv["num_processes"].value, fv["process_id"].value, notes, fv)
 
 
 _PARSED: list[Parsed] = []
