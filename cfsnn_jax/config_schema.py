@@ -21,6 +21,7 @@ Experiment files in ``configs/`` start from ``base_config()`` and override field
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -390,18 +391,10 @@ def fit_model_fields(config: Any, overridden: Iterable[str] = ()) -> list[str]:
                       f"{', '.join(accepted)}")
     drop.append(key)
   for key in drop:
-    with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
+    with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
       del config.model[key]
     notes.append(f"note: config.model.{key} does not apply to model {name!r}; dropped")
   return notes
-
-
-class _nullcontext:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def validate_config(config: Any, *, require_data_dir: bool = False) -> None:
