@@ -227,7 +227,8 @@ _PARSED: list[Parsed] = []
 
 def _flags_parser(argv: list[str]) -> list[str]:
   if any(a in ("--help", "-h", "--helpfull", "--helpshort", "-?") for a in argv[1:]):
-    return flags.FLAGS(argv)  # absl prints the help (this docstring + the schema) and exits
+    print(__doc__ + "\nFlags:\n" + flags.FLAGS.module_help(sys.modules[__name__]))
+    sys.exit(0)
   try:
     _PARSED.append(parse_and_validate(argv))
   except UserError as e:

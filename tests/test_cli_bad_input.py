@@ -295,4 +295,6 @@ def test_help_lists_every_field():
   r = subprocess.run([sys.executable, "-m", "cfsnn_jax.main", "--help"], cwd=REPO,
                      capture_output=True, text=True, timeout=120,
                      env=dict(os.environ, PYTHONPATH=REPO))
+  assert r.returncode == 0
   assert "optimizer.learning_rate (float [> 0]): peak learning rate" in r.stdout
+  assert "--workdir" in r.stdout
