@@ -48,3 +48,16 @@ def test_import_does_not_import_jax():
           "assert 'jax' not in sys.modules and 'flax' not in sys.modules, 'imported jax'")
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
   assert r.returncode == 0, r.stderr
+
+
+def test_warmup_longer_than_an_epoch_based_run_is_refused():
+  import pytest
+
+  from cfsnn_jax import optim
+  from cfsnn_jax.errors import UserError
+  cfg = config_schema.base_config().optimizer
+  cfg.warmup_steps = 880
+  with pytest.raises(UserError, match="warmup_steps=880 is not shorter than the run"):
+    optim.make_optimizer(cfg, 880)
+  cfg.warmup_steps = 10
+  optim.make_optimizer(cfg, 880)
