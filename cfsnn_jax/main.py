@@ -8,12 +8,12 @@ misspelt ``--config.x=`` fails with "did you mean"; default: the ``default`` con
 with ``--distributed``).
 
 Contract: ``parse_and_validate(argv)`` parses the flags and the config file and validates
-the config against ``config_schema`` without importing jax; every user mistake (missing or
-broken config file, unknown variant, misspelt field, wrong type, out-of-range value) is a
-``UserError``, which the command line prints as one ``error: ...`` line (exit status 2,
-nothing compiled, nothing written). ``--help`` prints this text, the config schema (every
-field's type, range and documentation) and the flags. Set ``CFSNN_TRACEBACK=1`` to see the traceback of a config-file
-error instead.
+the config against ``config_schema`` (jax is imported only by the neuron check at its end);
+every user mistake (missing or broken config file, unknown variant, misspelt field, wrong
+type, out-of-range value) is a ``UserError``, which the command line prints as one
+``error: ...`` line (exit status 2, nothing compiled, nothing written). ``--help`` prints
+this text, the config schema (every field's type, range and documentation) and the flags.
+Set ``CFSNN_TRACEBACK=1`` to see the traceback of a config-file error instead.
 """
 
 from __future__ import annotations
