@@ -5,7 +5,7 @@
       --dtype=float32 --steps=5 --out=/tmp/bench.json
   python -m benchmarks.run --tiny --steps=2                 # smoke test (seconds)
 
-Every case (model, T, remat, dtype) runs ``cfsnn_jax.train.train_step`` exactly as the
+Every case (model, T, remat, dtype) runs ``cfsnn_jax.steps.train_step`` exactly as the
 training loop jits it (see ``benchmarks/measure.py``) on a synthetic batch, in a fresh
 subprocess by default (``--isolate``) so that compilation caches, the process RSS high-water
 mark and the accelerator's peak-memory counter belong to that case alone. Per model the ANN
