@@ -41,7 +41,7 @@ BENCH_MODELS: dict[str, dict[str, Any]] = {
     "resnet19": dict(
         info=DatasetInfo("cifar100", 100, (32, 32, 3), static_input=True, synthetic=True),
         model=dict(name="resnet19", residual="standard"),
-        tiny=dict(widths=(8, 8, 16), head_hidden=8),
+        tiny=dict(widths=(8, 8, 16), stage_blocks=(1, 1, 1), head_hidden=8),
         tiny_input=(8, 8, 3),
         loss=dict(name="ce", label_smoothing=0.1),
         optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4)),

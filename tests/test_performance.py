@@ -309,7 +309,8 @@ def test_benchmark_entry_point_runs_end_to_end(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   r = subprocess.run(
       [sys.executable, "-m", "benchmarks.run", "--models=resnet19", "--tiny", "--num_steps=2",
-       "--remat=none", "--steps=2", "--warmup=1", "--batch=4", "--no_isolate",
+       "--remat=none", "--ann_num_steps=1", "--steps=2", "--warmup=1", "--batch=4",
+       "--no_isolate",
        f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   report = json.loads(out.read_text())
