@@ -23,7 +23,7 @@ from typing import Any, Callable
 import ml_collections
 
 from cfsnn_jax.data import (augment, cifar, cifar10_dvs, dvs_gesture, embedded, evtouch,
-                            fixtures, sst, synthetic_events, tiny_imagenet)
+                            fixtures, sst, synthetic_events, tiny_imagenet, verify)
 from cfsnn_jax.data.options import data_options, default_data_config
 from cfsnn_jax.data.sources import DataError, DatasetInfo, DatasetSplits
 
@@ -100,4 +100,7 @@ def load_dataset(config: Any) -> DatasetSplits:
   validate_dataset_name(config.dataset)
   if config.data_dir == FIXTURE_DIR and config.dataset in fixtures.WRITERS:
     config = _fixture_config(config)
-  return DATASETS[config.dataset](config)
+  splits = DATASETS[config.dataset](config)
+  if splits.files and data_options(config, config.dataset).get("verify", False):
+    verify.verify_files(splits.files, desc=f"verify {config.dataset}")
+  return splits

@@ -114,5 +114,7 @@ def load_cifar10_dvs(config: Any) -> DatasetSplits:
   shape = (num_frames,) + size + (2,)
   info = DatasetInfo(name="cifar10_dvs", num_classes=len(CLASSES), input_shape=size + (2,),
                      static_input=False)
+  files = [(s[0][0], aedat.check_aedat2) for s in train_samples + test_samples]
   return DatasetSplits(events.EventFrameSource(train_samples, decode, shape, cache),
-                       events.EventFrameSource(test_samples, decode, shape, cache), info)
+                       events.EventFrameSource(test_samples, decode, shape, cache), info,
+                       files)

@@ -27,7 +27,8 @@ import numpy as np
 
 from cfsnn_jax.data import aedat, events
 from cfsnn_jax.data.options import data_options
-from cfsnn_jax.data.sources import DataError, DatasetInfo, DatasetSplits, require_path
+from cfsnn_jax.data.sources import (DataError, DatasetInfo, DatasetSplits, read_text,
+                                    require_path)
 
 NUM_CLASSES = 11
 SENSOR_SIZE = 128
@@ -42,28 +43,26 @@ def find_root(data_dir: str) -> str:
 
 
 def read_trial_list(path: str) -> list[str]:
-  require_path(path, "the official trial list (one <trial>.aedat per line)")
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip()]
+  text = read_text(path, "the official trial list (one <trial>.aedat per line)")
+  return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_labels(path: str) -> list[tuple[int, int, int]]:
   """``[(label 0..10, start_us, end_us)]`` of one ``<trial>_labels.csv``."""
-  require_path(path, "the label CSV (class,startTime_usec,endTime_usec) of the trial")
+  text = read_text(path, "the label CSV (class,startTime_usec,endTime_usec) of the trial")
   rows = []
-  with open(path, newline="") as f:
-    for n, row in enumerate(csv.reader(f), 1):
-      if not row or not "".join(row).strip() or row[0].strip().lower() == "class":
-        continue
-      try:
-        cls, start, end = (int(v) for v in row[:3])
-      except ValueError:
-        raise DataError(path, f"line {n}: expected class,startTime_usec,endTime_usec "
-                        f"integers, got {','.join(row)[:60]!r}") from None
-      if not 1 <= cls <= NUM_CLASSES:
-        raise DataError(path, f"line {n}: unknown label {cls}; expected a gesture class "
-                        f"1..{NUM_CLASSES}")
-      rows.append((cls - 1, start, end))
+  for n, row in enumerate(csv.reader(text.splitlines()), 1):
+    if not row or not "".join(row).strip() or row[0].strip().lower() == "class":
+      continue
+    try:
+      cls, start, end = (int(v) for v in row[:3])
+    except ValueError:
+      raise DataError(path, f"line {n}: expected class,startTime_usec,endTime_usec "
+                      f"integers, got {','.join(row)[:60]!r}") from None
+    if not 1 <= cls <= NUM_CLASSES:
+      raise DataError(path, f"line {n}: unknown label {cls}; expected a gesture class "
+                      f"1..{NUM_CLASSES}")
+    rows.append((cls - 1, start, end))
   return rows
 
 
@@ -112,5 +111,6 @@ def load_dvs_gesture(config: Any) -> DatasetSplits:
   shape = (num_frames,) + size + (2,)
   info = DatasetInfo(name="dvs_gesture", num_classes=NUM_CLASSES, input_shape=size + (2,),
                      static_input=False)
+  files = [(p, aedat.check_aedat31) for p in dict.fromkeys(s[0][0] for s in train + test)]
   return DatasetSplits(events.EventFrameSource(train, decode, shape, cache),
-                       events.EventFrameSource(test, decode, shape, cache), info)
+                       events.EventFrameSource(test, decode, shape, cache), info, files)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from cfsnn_jax.data.sources import DataError
+from cfsnn_jax.data.sources import DataError, decoding, read_text, require_path
 
 CACHE_FORMAT_VERSION = 1  # bump when the binning / resize rule changes
 
@@ -193,28 +193,54 @@ class EventFrameSource:
       list(pool.map(self.frames, range(len(self))))
 
 
+EVENT_ARRAY = "an event array (.npz or .csv with columns t, p and taxel or x, y)"
+
+
+def _event_columns(path: str, names: Sequence[str]) -> None:
+  if "taxel" not in names and not {"x", "y"} <= set(names) or not {"t", "p"} <= set(names):
+    raise DataError(path, f"columns {sorted(names)}; expected t, p and taxel (or x, y)")
+
+
+def check_event_array(path: str) -> None:
+  """Header-only check of an event array: the npz members' headers (same length, the
+  needed columns) or the CSV header line."""
+  from cfsnn_jax.data import verify
+  if path.endswith(".npz"):
+    members = verify.npz_members(path)
+    _event_columns(path, list(members))
+    lengths = {m[0][:1] for m in members.values()}
+    if len(lengths) != 1:
+      raise DataError(path, f"arrays of different lengths {sorted(lengths)}; expected one "
+                      "entry per event in each")
+  elif path.endswith(".csv"):
+    require_path(path, EVENT_ARRAY)
+    with open(path, "rb") as f:
+      first = f.readline(4096)
+    with decoding(path, EVENT_ARRAY):
+      header = [h.strip() for h in first.decode("utf-8-sig").split(",")]
+    _event_columns(path, header)
+  else:
+    raise DataError(path, "unknown event-array extension; expected .npz or .csv")
+
+
 def read_event_array(path: str) -> Events:
   """Reads the generic event-array format (see module doc), sorted by time."""
   if not os.path.isfile(path):
     raise DataError(path, "missing file; expected an event array (.npz or .csv with columns "
                     "t, p and taxel or x, y)")
-  try:
-    if path.endswith(".npz"):
-      with np.load(path) as z:
+  expected = EVENT_ARRAY
+  if path.endswith(".npz"):
+    with decoding(path, expected):
+      with np.load(path, allow_pickle=False) as z:
         cols = {k: np.asarray(z[k]) for k in z.files}
-    elif path.endswith(".csv"):
-      with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-      header = [h.strip() for h in rows[0]] if rows else []
+  elif path.endswith(".csv"):
+    rows = list(csv.reader(read_text(path, expected).splitlines()))
+    header = [h.strip() for h in rows[0]] if rows else []
+    with decoding(path, expected):
       body = np.asarray(rows[1:], dtype=np.float64).reshape(-1, len(header))
-      cols = {h: body[:, i] for i, h in enumerate(header)}
-    else:
-      raise DataError(path, "unknown event-array extension; expected .npz or .csv")
-  except (OSError, ValueError, IndexError) as e:
-    if isinstance(e, DataError):
-      raise
-    raise DataError(path, f"unreadable event array ({e}); expected .npz or .csv with "
-                    "columns t, p and taxel or x, y") from None
+    cols = {h: body[:, i] for i, h in enumerate(header)}
+  else:
+    raise DataError(path, "unknown event-array extension; expected .npz or .csv")
   if "taxel" in cols:
     cols.setdefault("y", cols["taxel"])
     cols.setdefault("x", np.zeros_like(cols["taxel"]))

@@ -27,26 +27,26 @@ import numpy as np
 
 from cfsnn_jax.data import events
 from cfsnn_jax.data.options import data_options
-from cfsnn_jax.data.sources import DataError, DatasetInfo, DatasetSplits, require_path
+from cfsnn_jax.data.sources import (DataError, DatasetInfo, DatasetSplits, read_text,
+                                    require_path)
 
 
 def read_index(path: str) -> list[tuple[str, int, str]]:
   """``[(file, label, split)]`` of the sample index CSV."""
-  require_path(path, "the sample index CSV with header file,label,split")
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    if not reader.fieldnames or not {"file", "label", "split"} <= set(reader.fieldnames):
-      raise DataError(path, f"header {reader.fieldnames}; expected file,label,split")
-    rows = []
-    for n, row in enumerate(reader, 2):
-      try:
-        label = int(row["label"])
-      except (TypeError, ValueError):
-        raise DataError(path, f"line {n}: unknown label {row['label']!r}; expected an integer "
-                        "class id") from None
-      if row["split"] not in ("train", "test"):
-        raise DataError(path, f"line {n}: split {row['split']!r}; expected train or test")
-      rows.append((row["file"], label, row["split"]))
+  text = read_text(path, "the sample index CSV with header file,label,split")
+  reader = csv.DictReader(text.splitlines())
+  if not reader.fieldnames or not {"file", "label", "split"} <= set(reader.fieldnames):
+    raise DataError(path, f"header {reader.fieldnames}; expected file,label,split")
+  rows = []
+  for n, row in enumerate(reader, 2):
+    try:
+      label = int(row["label"])
+    except (TypeError, ValueError):
+      raise DataError(path, f"line {n}: unknown label {row['label']!r}; expected an integer "
+                      "class id") from None
+    if row["split"] not in ("train", "test"):
+      raise DataError(path, f"line {n}: split {row['split']!r}; expected train or test")
+    rows.append((row["file"], label, row["split"]))
   return rows
 
 
@@ -95,5 +95,7 @@ def load_evtouch(config: Any) -> DatasetSplits:
   shape = (num_frames,) + size + (2,)
   info = DatasetInfo(name="evtouch", num_classes=num_classes, input_shape=size + (2,),
                      static_input=False)
+  files = [(s[0][0], events.check_event_array) for s in splits["train"] + splits["test"]]
   return DatasetSplits(events.EventFrameSource(splits["train"], decode, shape, cache),
-                       events.EventFrameSource(splits["test"], decode, shape, cache), info)
+                       events.EventFrameSource(splits["test"], decode, shape, cache), info,
+                       files)

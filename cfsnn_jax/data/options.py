@@ -21,8 +21,13 @@ TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
 TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)
 
 
+def _verify(c: ml_collections.ConfigDict) -> None:
+  c.verify = True  # before training, open every file's header and check its size (verify.py)
+
+
 def _image(c: ml_collections.ConfigDict, *, mean, std, autoaugment: bool,
            cutout_length: int) -> None:
+  _verify(c)
   c.crop = True  # random crop after zero padding
   c.crop_padding = 4  # padding (pixels per side) of the random crop
   c.flip = True  # random horizontal flip, p = 0.5
@@ -36,6 +41,7 @@ def _image(c: ml_collections.ConfigDict, *, mean, std, autoaugment: bool,
 
 
 def _events(c: ml_collections.ConfigDict, *, frame_size, flip: bool, max_shift: int) -> None:
+  _verify(c)
   c.frame_size = frame_size  # (H, W) of the frames after resizing (sensor size: no resize)
   c.cache = True  # cache the binned frames on disk (preprocessing runs once)
   c.cache_dir = ""  # where the frame cache goes ("" = <data_dir>/frames_cache)
@@ -66,6 +72,7 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
     c.num_taxels = 39  # sensor rows: taxel ids are 0..num_taxels-1
     c.num_classes = 0  # number of classes (0: 1 + the largest label in the index)
   elif name in ("sst2", "sst5"):
+    _verify(c)
     if name == "sst2":
       c.source = "auto"  # auto | tsv (GLUE SST-2/train.tsv, dev.tsv) | tfds (glue/sst2)
     c.max_len = 64  # tokens per example: longer sentences are cut, shorter padded with id 0

@@ -26,7 +26,7 @@ from PIL import Image
 
 from cfsnn_jax.data.options import data_options
 from cfsnn_jax.data.sources import (DataError, DatasetInfo, DatasetSplits, IndexedSource,
-                                    require_path)
+                                    decoding, read_text, require_path)
 
 IMAGE_SIZE = 64
 
@@ -41,14 +41,32 @@ def find_root(data_dir: str) -> str:
 
 def read_image(path: str) -> np.ndarray:
   """``uint8 [64, 64, 3]`` RGB of one JPEG (grayscale replicated to three channels)."""
-  try:
+  with decoding(path, "a 64x64 JPEG"):
     with Image.open(path) as img:
       rgb = np.asarray(img.convert("RGB"), np.uint8)
-  except OSError as e:
-    raise DataError(path, f"unreadable image ({e}); expected a 64x64 JPEG") from None
   if rgb.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
     raise DataError(path, f"image of shape {rgb.shape}, expected (64, 64, 3)")
   return rgb
+
+
+JPEG_END = b"\xff\xd9"  # end-of-image marker
+JPEG_TAIL = 1024  # the marker must lie in the last KB (some writers append a few bytes)
+
+
+def check_image(path: str) -> None:
+  """Header (format, 64x64) and end-of-image marker of one JPEG, without decoding it."""
+  require_path(path, "a 64x64 JPEG")
+  with decoding(path, "a 64x64 JPEG"):
+    with Image.open(path) as img:
+      size, fmt = img.size, img.format
+  if size != (IMAGE_SIZE, IMAGE_SIZE):
+    raise DataError(path, f"image of size {size[0]}x{size[1]}, expected 64x64")
+  if fmt == "JPEG":
+    with open(path, "rb") as f:
+      f.seek(max(0, os.path.getsize(path) - JPEG_TAIL))
+      if JPEG_END not in f.read():
+        raise DataError(path, "no JPEG end-of-image marker: truncated; expected a whole "
+                        "64x64 JPEG")
 
 
 def _read_example(paths: np.ndarray, labels: np.ndarray, index: int) -> dict[str, Any]:
@@ -63,8 +81,8 @@ def _source(paths: list[str], labels: list[int]) -> IndexedSource:
 def list_files(root: str) -> tuple[list[str], list[str], tuple[list[str], list[int]],
                                    tuple[list[str], list[int]]]:
   """``(wnids, sorted_wnids, (train_paths, train_labels), (val_paths, val_labels))``."""
-  with open(os.path.join(root, "wnids.txt")) as f:
-    wnids = [w.strip() for w in f if w.strip()]
+  text = read_text(os.path.join(root, "wnids.txt"), "the class ids, one WordNet id per line")
+  wnids = [w.strip() for w in text.splitlines() if w.strip()]
   classes = sorted(set(wnids))
   index = {w: k for k, w in enumerate(classes)}
   train_paths, train_labels = [], []
@@ -79,18 +97,18 @@ def list_files(root: str) -> tuple[list[str], list[str], tuple[list[str], list[i
   ann = require_path(os.path.join(root, "val", "val_annotations.txt"),
                      "val/val_annotations.txt (file, wnid, box per line)")
   val_paths, val_labels = [], []
-  with open(ann) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fields = line.rstrip("\n").split("\t")
-      if len(fields) < 2:
-        raise DataError(ann, f"line {n}: expected '<file>\\t<wnid>\\t...', got {line[:60]!r}")
-      if fields[1] not in index:
-        raise DataError(ann, f"line {n}: unknown label {fields[1]!r}; expected one of the "
-                        f"{len(classes)} wnids in wnids.txt")
-      val_paths.append(os.path.join(root, "val", "images", fields[0]))
-      val_labels.append(index[fields[1]])
+  text = read_text(ann, "val_annotations.txt lines <file>\\t<wnid>\\t<box>")
+  for n, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    fields = line.rstrip("\n").split("\t")
+    if len(fields) < 2:
+      raise DataError(ann, f"line {n}: expected '<file>\\t<wnid>\\t...', got {line[:60]!r}")
+    if fields[1] not in index:
+      raise DataError(ann, f"line {n}: unknown label {fields[1]!r}; expected one of the "
+                      f"{len(classes)} wnids in wnids.txt")
+    val_paths.append(os.path.join(root, "val", "images", fields[0]))
+    val_labels.append(index[fields[1]])
   for p in (val_paths[0], val_paths[-1]) if val_paths else ():
     require_path(p, "a validation image listed in val/val_annotations.txt")
   return wnids, classes, (train_paths, train_labels), (val_paths, val_labels)
@@ -102,4 +120,5 @@ def load_tiny_imagenet(config: Any) -> DatasetSplits:
   _, classes, train, val = list_files(root)
   info = DatasetInfo(name="tiny_imagenet", num_classes=len(classes),
                      input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
-  return DatasetSplits(_source(*train), _source(*val), info)
+  files = [(p, check_image) for p in train[0] + val[0]]
+  return DatasetSplits(_source(*train), _source(*val), info, files)
