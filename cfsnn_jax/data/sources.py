@@ -32,6 +32,7 @@ class DatasetInfo:
   static_input: bool = True  # False: examples are time-major event frames [T, ...]
   synthetic: bool = False  # True for generated data (never reported as a benchmark result)
   vocab_size: int = 0  # text datasets: number of token ids (0 for images / events)
+  frame_spec: Any = None  # recorded event datasets: the events.FrameSpec of their frames
 
 
 FileCheck = Callable[[str], None]  # opens one file's header; raises DataError when damaged
