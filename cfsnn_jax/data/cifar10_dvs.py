@@ -137,12 +137,6 @@ def recording_files(root: str, layout: str) -> dict[str, dict[int, str]]:
   return out
 
 
-def decode_recording(path: str, num_frames: int) -> np.ndarray:
-  """``float32 [T, 128, 128, 2]`` event counts of one AEDAT 2.0 recording."""
-  return events.events_to_frames(read_events("aedat", path), num_frames, SENSOR_SIZE,
-                                 SENSOR_SIZE)
-
-
 def read_events(layout: str, path: str) -> events.Events:
   """The recording's events in our sensor mapping (see module doc)."""
   if layout == "aedat":
