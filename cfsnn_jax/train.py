@@ -15,6 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -26,11 +29,13 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import checkpointing, config_schema, data, losses, models, optim
+from cfsnn_jax import checkpointing, config_schema, data, losses, models, optim, run_paths
+from cfsnn_jax import workdir as workdir_lib
 from cfsnn_jax.analysis import curves, report, spiking_stats
 from cfsnn_jax.data import pipeline
 from cfsnn_jax.layers import NeuronAux, NeuronFactory
-from cfsnn_jax.metric_writers import MetricWriter
+from cfsnn_jax.errors import UserError
+from cfsnn_jax.metric_writers import METRICS_FILE, MetricWriter
 
 State = dict[str, Any]
 
@@ -159,13 +164,118 @@ def create_train_state(config: Any, info: data.sources.DatasetInfo, total_steps:
   return graphdef, eval_graphdef, state, tx, num_params
 
 
+class Diverged(UserError):
+  """A non-finite loss, gradient norm or state: the run stopped without saving it."""
+
+
+class Interrupted(Exception):
+  """SIGTERM / SIGINT: the current step was finished and checkpointed; rerun to resume."""
+
+  def __init__(self, signum: int, step: int, workdir: Any):
+    self.signum, self.step = signum, step
+    self.exit_status = 128 + signum  # the shell convention: 143 SIGTERM, 130 SIGINT
+    super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved in "
+                     f"{workdir}; rerun the same command to resume")
+
+
+class _StopSignals:
+  """First SIGTERM / SIGINT: note it (the loop saves and stops); a second one exits at once."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._old = {}
+
+  def _handler(self, signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if self.received is not None:
+      print(f"cfsnn_jax: second {name}: exiting now without saving", file=sys.stderr,
+            flush=True)
+      os._exit(128 + signum)
+    self.received = signum
+    print(f"cfsnn_jax: {name}: finishing the current step and saving a checkpoint "
+          "(send it again to exit at once)", file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def __exit__(self, *exc):
+    for s, old in self._old.items():
+      signal.signal(s, old)
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else \
+      jnp.bool_(True)
+
+
+def _first_nonfinite(metrics: dict, state: State) -> str:
+  """Names the first non-finite of: the step's loss, its gradient norm, the state's leaves."""
+  for name in ("loss", "grad_norm"):
+    value = float(jax.device_get(metrics[name]))
+    if not np.isfinite(value):
+      return f"{name} = {value}"
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    a = np.asarray(jax.device_get(leaf))
+    if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+      return f"{checkpointing._path_str(path)} has {np.size(a) - np.isfinite(a).sum()} " \
+             "non-finite values"
+  return "a non-finite value"
+
+
+def _agree(flag: bool) -> bool:
+  """Process 0's decision, on every process (one small collective; single process: as is)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def _final_line(summary: dict, workdir: Any) -> str:
+  energy = (f"energy={summary['energy_mj_per_image']:.3g}mJ/image "
+            if "energy_mj_per_image" in summary else "")
+  return (f"final: test_accuracy={summary['test_accuracy']:.4f} "
+          f"best_test_accuracy={summary['best_test_accuracy']:.4f} "
+          f"firing_rate={summary['test_firing_rate']:.4f} {energy}"
+          f"train_time={summary['train_time_s']:.1f}s "
+          f"images/s={summary['images_per_s']:.0f} workdir={workdir}")
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
+  """Runs (or resumes) the run of ``config`` in ``workdir``; README "Runs and workdirs"."""
   config_schema.validate_config(config)
   is_writer = jax.process_index() == 0
+  root = run_paths.workdir_path(workdir)
+  description = workdir_lib.run_description(config)
+  status = workdir_lib.inspect(root, description)  # reads only; refuses another run's workdir
+  if status.kind == "finished":
+    if is_writer:
+      print(f"cfsnn_jax: {root} holds a finished run; nothing to do (its summary.json):",
+            flush=True)
+      print(_final_line(status.summary, root), flush=True)
+    return dict(status.summary, finished=True)
   if is_writer:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+    try:
+      root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise run_paths.fs_error(root, e) from None
+  lock = workdir_lib.WorkdirLock(root).acquire() if is_writer else None
+  try:
+    if is_writer:
+      workdir_lib.write_description(root, description, status)
+    with _StopSignals() as signals:
+      return _train(config, root, description, signals)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config: Any, root: Any, description: dict, signals: _StopSignals) -> dict:
+  is_writer = jax.process_index() == 0
   num_devices = jax.device_count()
   pipeline.check_batch_size(config.batch_size, jax.process_count(), num_devices)
 
@@ -174,6 +284,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   steps_per_epoch, total_steps = _steps(config, len(splits.train))
   eval_every = config.eval_every_steps or steps_per_epoch
   ckpt_every = config.checkpoint_every_steps or steps_per_epoch
+  ckpt_seconds = float(config.get("checkpoint_every_seconds", 0) or 0)
 
   graphdef, eval_graphdef, state, tx, num_params = create_train_state(config, info,
                                                                       total_steps)
@@ -194,10 +305,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
       splits.test, config.batch_size, transform=data.eval_transform(config, info),
       process_index=jax.process_index(), process_count=jax.process_count())
 
-  manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-  state, start_step = checkpointing.restore_latest(manager, state, train_iter)
+  manager = checkpointing.make_manager(root, config.keep_checkpoints)
+  state, start_step, saved = checkpointing.restore_newest_intact(manager, state, train_iter)
   if start_step == 0 and config.init_from:
     state = checkpointing.init_from(config.init_from, state)
+  # Everything the records need to continue exactly: restored with the checkpoint.
+  history = dict({"best_accuracy": 0.0, "last_eval": None, "train_time_s": 0.0, "images": 0},
+                 **saved.get("history", {}))
 
   p_train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx,
                                       loss_cfg=config.loss,
@@ -206,7 +320,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   p_eval = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, loss_cfg=config.loss,
                                      compute_dtype=config.compute_dtype))
 
-  writer = MetricWriter(workdir, enabled=is_writer)
+  writer = MetricWriter(root, enabled=is_writer, start_step=start_step)
   if is_writer:
     print(f"cfsnn_jax: {config.model.name} on {info.name} ({len(splits.train)} train / "
           f"{len(splits.test)} test), {num_params:,} parameters, T={config.num_steps}, "
@@ -218,64 +332,99 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   bar = tqdm(total=total_steps, initial=start_step, disable=not (is_writer and
                                                                   config.progress_bar),
              dynamic_ncols=True, desc="train")
-  history = {"best_accuracy": 0.0, "last_eval": None}
-  pending = None  # metrics of the previous step, pulled one step late
-  train_time = 0.0
-  images = 0
-  t_start = time.perf_counter()
-  for step in range(start_step, total_steps):
-    batch = to_global(next(train_iter))
-    state, metrics = p_train(state, batch)
-    images += config.batch_size
+  pending = None  # (step, metrics, finite flag) of the previous step, pulled one step late
+  last_saved = start_step
+  t_start = t_saved = time.perf_counter()
+
+  def check(entry) -> None:
+    step, metrics, finite = entry
+    if not bool(finite):
+      raise Diverged(f"training diverged at step {step}: {_first_nonfinite(metrics, state)}; "
+                     f"nothing non-finite was saved, the latest checkpoint (step {last_saved}) "
+                     "is the last good state; lower optimizer.learning_rate or set "
+                     "optimizer.grad_clip")
+
+  def save(done: int) -> None:
+    nonlocal last_saved, t_start, t_saved
+    if not bool(_all_finite(state)):
+      check((done, {"loss": 0.0, "grad_norm": 0.0}, False))
+    history["train_time_s"] += time.perf_counter() - t_start
+    t_start = t_saved = time.perf_counter()
+    checkpointing.save(manager, done, state, train_iter,
+                       {"history": history, "run": description})
+    writer.flush()
+    last_saved = done
+
+  try:
+    for step in range(start_step, total_steps):
+      batch = to_global(next(train_iter))
+      state, metrics = p_train(state, batch)
+      finite = _all_finite({"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
+                            "params": state["params"]})
+      history["images"] += config.batch_size
+      if pending is not None:
+        check(pending)
+        _log_train(writer, bar, *pending[:2], config.log_every_steps)
+      pending = (step + 1, metrics, finite)
+      done = step + 1
+      if done % eval_every == 0 or done == total_steps:
+        check(pending)
+        _log_train(writer, bar, *pending[:2], config.log_every_steps, force=True)
+        pending = None
+        history["train_time_s"] += time.perf_counter() - t_start
+        ev = evaluate(state, p_eval, eval_batches, to_global)
+        history["best_accuracy"] = max(history["best_accuracy"], ev["accuracy"])
+        history["last_eval"] = ev
+        writer.write(done, "test", ev)
+        if is_writer:  # learned surrogate alphas / DS-ATGO thresholds per layer and step
+          neuron_scalars = spiking_stats.neuron_scalars(
+              nnx.merge(eval_graphdef, state["params"], state["rest"]))
+          if neuron_scalars:
+            writer.write(done, "neurons", neuron_scalars)
+        bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
+        t_start = time.perf_counter()
+      due_time = ckpt_seconds > 0 and time.perf_counter() - t_saved >= ckpt_seconds
+      stop = signals.received is not None
+      if jax.process_count() > 1:  # decide together, at steps every process agrees on
+        if ckpt_seconds > 0 or done % max(config.log_every_steps, 1) == 0:
+          stop, due_time = _agree(stop), _agree(due_time)
+        else:
+          stop = due_time = False
+      if done % ckpt_every == 0 or done == total_steps or stop or due_time:
+        if pending is not None:  # its row belongs before the checkpoint that covers it
+          check(pending)
+          _log_train(writer, bar, *pending[:2], config.log_every_steps)
+          pending = None
+        save(done)
+      if stop:
+        raise Interrupted(signals.received or signal.SIGTERM, done, root)
     if pending is not None:
-      _log_train(writer, bar, *pending, config.log_every_steps)
-    pending = (step + 1, metrics)
-    done = step + 1
-    if done % eval_every == 0 or done == total_steps:
-      _log_train(writer, bar, *pending, config.log_every_steps, force=True)
-      pending = None
-      train_time += time.perf_counter() - t_start
-      ev = evaluate(state, p_eval, eval_batches, to_global)
-      history["best_accuracy"] = max(history["best_accuracy"], ev["accuracy"])
-      history["last_eval"] = ev
-      writer.write(done, "test", ev)
-      if is_writer:  # learned surrogate alphas / DS-ATGO thresholds per layer and step
-        neuron_scalars = spiking_stats.neuron_scalars(
-            nnx.merge(eval_graphdef, state["params"], state["rest"]))
-        if neuron_scalars:
-          writer.write(done, "neurons", neuron_scalars)
-      bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
-      t_start = time.perf_counter()
-    if done % ckpt_every == 0 or done == total_steps:
-      checkpointing.save(manager, done, state, train_iter)
-  bar.close()
-  train_time += time.perf_counter() - t_start
-  manager.wait_until_finished()
-  manager.close()
+      check(pending)
+  finally:
+    bar.close()
+    checkpointing.finish(manager)
+    writer.flush()
+
+  train_time = history["train_time_s"]
   ev = history["last_eval"] or evaluate(state, p_eval, eval_batches, to_global)
   summary = {"test_accuracy": ev["accuracy"],
              "best_test_accuracy": max(history["best_accuracy"], ev["accuracy"]),
              "test_firing_rate": ev["firing_rate"], "train_time_s": train_time,
-             "images_per_s": images / max(train_time, 1e-9), "steps": total_steps,
+             "images_per_s": history["images"] / max(train_time, 1e-9), "steps": total_steps,
              "num_params": num_params}
   if is_writer:
-    curves.plot_training_curves(workdir)
-    if config.analysis_report:  # firing rates, potentials, gradient availability, energy
-      analysis = report.write_training_report(eval_graphdef, state, eval_batches, workdir)
-      summary["energy_mj_per_image"] = analysis["energy_mj_per_image"]
-      summary["grad_available_share"] = analysis["grad_available_share"]
+    with run_paths.staged_dir(root, inputs=(METRICS_FILE,)) as local:
+      curves.plot_training_curves(local)
+      if config.analysis_report:  # firing rates, potentials, gradient availability, energy
+        analysis = report.write_training_report(eval_graphdef, state, eval_batches, local)
+        summary["energy_mj_per_image"] = analysis["energy_mj_per_image"]
+        summary["grad_available_share"] = analysis["grad_available_share"]
   writer.write(total_steps, "summary", summary)
   writer.close()
-  if is_writer:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    energy = (f"energy={summary['energy_mj_per_image']:.3g}mJ/image "
-              if "energy_mj_per_image" in summary else "")
-    print(f"final: test_accuracy={summary['test_accuracy']:.4f} "
-          f"best_test_accuracy={summary['best_test_accuracy']:.4f} "
-          f"firing_rate={summary['test_firing_rate']:.4f} {energy}"
-          f"train_time={summary['train_time_s']:.1f}s "
-          f"images/s={summary['images_per_s']:.0f} workdir={workdir}", flush=True)
+  if is_writer:  # written last: its presence marks the workdir finished
+    run_paths.write_text_atomic(root / workdir_lib.SUMMARY_FILE,
+                                json.dumps(summary, indent=2) + "\n")
+    print(_final_line(summary, root), flush=True)
   summary["state"] = state
   return summary
 
