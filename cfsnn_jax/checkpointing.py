@@ -184,7 +184,7 @@ def _restore_step(manager, step, template, data_iter) -> tuple[Any, dict]:
 
 def _first_line(e: BaseException) -> str:
   text = str(e).strip()
-  first = text.splitlines()[0] if text else ""
+  first = text.splitlines()[0].split(" See full TensorStore details")[0] if text else ""
   return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
@@ -239,7 +239,8 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 
 def restore_latest(manager: ocp.CheckpointManager, template: Any,
                    data_iter: Any | None) -> tuple[Any, int]:
-  restored = restore_newest_intact(manager, template, data_iter)
+  """Falls back like ``restore_newest_intact`` but moves nothing (safe on read-only managers)."""
+  restored = restore_newest_intact(manager, template, data_iter, move_damaged=False)
   return restored.state, restored.step
 
 

@@ -40,7 +40,7 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from cfsnn_jax import train
+  from cfsnn_jax import run_guard, train
   workdir = _WORKDIR.value
   if workdir is None:  # a fresh directory per run; multi-process runs must share one
     if jax.process_count() > 1:
@@ -56,7 +56,7 @@ def main(argv):
   except ValueError as e:  # bad input: one clear line, no traceback
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except train.Interrupted as e:  # SIGTERM / SIGINT: saved; 128 + signal number
+  except run_guard.Interrupted as e:  # SIGTERM / SIGINT: saved; 128 + signal number
     print(f"interrupted: {e}", file=sys.stderr)
     sys.exit(e.exit_status)
 

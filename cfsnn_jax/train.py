@@ -6,18 +6,19 @@ first (one-line errors before any compilation). Data parallel over every device 
 replicated, and batch statistics are global because the step is one SPMD program. The state
 (parameters, non-parameter model state such as BN statistics and DS-ATGO thresholds,
 optimizer state, step, RNG) and the data-iterator state are saved together by orbax every
-``checkpoint_every_steps`` and at the end; a run resumes from the latest checkpoint in
-``workdir``. Only process 0 writes files.
+``checkpoint_every_steps`` (and ``checkpoint_every_seconds``, on SIGTERM / SIGINT, and at the
+end), each with the run's history (best accuracy, time, images) so a resumed run's records and
+summary equal an uninterrupted run's. What the workdir holds decides fresh / resume / finished
+/ refused (``workdir.inspect``, before anything is written); ``run_guard`` stops the run on a
+signal or a non-finite value (never saved). Only process 0 writes files, all through
+``run_paths`` (etils.epath).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
-import sys
-import threading
 import time
 from typing import Any
 
@@ -30,11 +31,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cfsnn_jax import checkpointing, config_schema, data, losses, models, optim, run_paths
+from cfsnn_jax import run_guard
 from cfsnn_jax import workdir as workdir_lib
 from cfsnn_jax.analysis import curves, report, spiking_stats
 from cfsnn_jax.data import pipeline
 from cfsnn_jax.layers import NeuronAux, NeuronFactory
-from cfsnn_jax.errors import UserError
 from cfsnn_jax.metric_writers import METRICS_FILE, MetricWriter
 
 State = dict[str, Any]
@@ -164,87 +165,6 @@ def create_train_state(config: Any, info: data.sources.DatasetInfo, total_steps:
   return graphdef, eval_graphdef, state, tx, num_params
 
 
-class Diverged(UserError):
-  """A non-finite loss, gradient norm or state: the run stopped without saving it."""
-
-
-class Interrupted(Exception):
-  """SIGTERM / SIGINT: the current step was finished and checkpointed; rerun to resume."""
-
-  def __init__(self, signum: int, step: int, workdir: Any):
-    self.signum, self.step = signum, step
-    self.exit_status = 128 + signum  # the shell convention: 143 SIGTERM, 130 SIGINT
-    super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint saved in "
-                     f"{workdir}; rerun the same command to resume")
-
-
-class _StopSignals:
-  """First SIGTERM / SIGINT: note it (the loop saves and stops); a second one exits at once."""
-
-  def __init__(self):
-    self.received: int | None = None
-    self._old = {}
-
-  def _handler(self, signum, frame):
-    del frame
-    name = signal.Signals(signum).name
-    if self.received is not None:
-      print(f"cfsnn_jax: second {name}: exiting now without saving", file=sys.stderr,
-            flush=True)
-      os._exit(128 + signum)
-    self.received = signum
-    print(f"cfsnn_jax: {name}: finishing the current step and saving a checkpoint "
-          "(send it again to exit at once)", file=sys.stderr, flush=True)
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    return self
-
-  def __exit__(self, *exc):
-    for s, old in self._old.items():
-      signal.signal(s, old)
-
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else \
-      jnp.bool_(True)
-
-
-def _first_nonfinite(metrics: dict, state: State) -> str:
-  """Names the first non-finite of: the step's loss, its gradient norm, the state's leaves."""
-  for name in ("loss", "grad_norm"):
-    value = float(jax.device_get(metrics[name]))
-    if not np.isfinite(value):
-      return f"{name} = {value}"
-  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-    a = np.asarray(jax.device_get(leaf))
-    if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
-      return f"{checkpointing._path_str(path)} has {np.size(a) - np.isfinite(a).sum()} " \
-             "non-finite values"
-  return "a non-finite value"
-
-
-def _agree(flag: bool) -> bool:
-  """Process 0's decision, on every process (one small collective; single process: as is)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
-
-
-def _final_line(summary: dict, workdir: Any) -> str:
-  energy = (f"energy={summary['energy_mj_per_image']:.3g}mJ/image "
-            if "energy_mj_per_image" in summary else "")
-  return (f"final: test_accuracy={summary['test_accuracy']:.4f} "
-          f"best_test_accuracy={summary['best_test_accuracy']:.4f} "
-          f"firing_rate={summary['test_firing_rate']:.4f} {energy}"
-          f"train_time={summary['train_time_s']:.1f}s "
-          f"images/s={summary['images_per_s']:.0f} workdir={workdir}")
-
-
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   """Runs (or resumes) the run of ``config`` in ``workdir``; README "Runs and workdirs"."""
   config_schema.validate_config(config)
@@ -256,7 +176,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     if is_writer:
       print(f"cfsnn_jax: {root} holds a finished run; nothing to do (its summary.json):",
             flush=True)
-      print(_final_line(status.summary, root), flush=True)
+      print(workdir_lib.summary_line(status.summary, root), flush=True)
     return dict(status.summary, finished=True)
   if is_writer:
     try:
@@ -267,14 +187,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   try:
     if is_writer:
       workdir_lib.write_description(root, description, status)
-    with _StopSignals() as signals:
+    with run_guard.StopSignals() as signals:
       return _train(config, root, description, signals)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train(config: Any, root: Any, description: dict, signals: _StopSignals) -> dict:
+def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSignals) -> dict:
   is_writer = jax.process_index() == 0
   num_devices = jax.device_count()
   pipeline.check_batch_size(config.batch_size, jax.process_count(), num_devices)
@@ -339,14 +259,14 @@ def _train(config: Any, root: Any, description: dict, signals: _StopSignals) -> 
   def check(entry) -> None:
     step, metrics, finite = entry
     if not bool(finite):
-      raise Diverged(f"training diverged at step {step}: {_first_nonfinite(metrics, state)}; "
+      raise run_guard.Diverged(f"training diverged at step {step}: {run_guard.first_nonfinite(metrics, state)}; "
                      f"nothing non-finite was saved, the latest checkpoint (step {last_saved}) "
                      "is the last good state; lower optimizer.learning_rate or set "
                      "optimizer.grad_clip")
 
   def save(done: int) -> None:
     nonlocal last_saved, t_start, t_saved
-    if not bool(_all_finite(state)):
+    if not bool(run_guard.all_finite(state)):
       check((done, {"loss": 0.0, "grad_norm": 0.0}, False))
     history["train_time_s"] += time.perf_counter() - t_start
     t_start = t_saved = time.perf_counter()
@@ -359,7 +279,7 @@ def _train(config: Any, root: Any, description: dict, signals: _StopSignals) -> 
     for step in range(start_step, total_steps):
       batch = to_global(next(train_iter))
       state, metrics = p_train(state, batch)
-      finite = _all_finite({"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
+      finite = run_guard.all_finite({"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
                             "params": state["params"]})
       history["images"] += config.batch_size
       if pending is not None:
@@ -387,7 +307,7 @@ def _train(config: Any, root: Any, description: dict, signals: _StopSignals) -> 
       stop = signals.received is not None
       if jax.process_count() > 1:  # decide together, at steps every process agrees on
         if ckpt_seconds > 0 or done % max(config.log_every_steps, 1) == 0:
-          stop, due_time = _agree(stop), _agree(due_time)
+          stop, due_time = run_guard.agree(stop), run_guard.agree(due_time)
         else:
           stop = due_time = False
       if done % ckpt_every == 0 or done == total_steps or stop or due_time:
@@ -397,7 +317,7 @@ def _train(config: Any, root: Any, description: dict, signals: _StopSignals) -> 
           pending = None
         save(done)
       if stop:
-        raise Interrupted(signals.received or signal.SIGTERM, done, root)
+        raise run_guard.Interrupted(signals.received or signal.SIGTERM, done, root)
     if pending is not None:
       check(pending)
   finally:
@@ -424,7 +344,7 @@ def _train(config: Any, root: Any, description: dict, signals: _StopSignals) -> 
   if is_writer:  # written last: its presence marks the workdir finished
     run_paths.write_text_atomic(root / workdir_lib.SUMMARY_FILE,
                                 json.dumps(summary, indent=2) + "\n")
-    print(_final_line(summary, root), flush=True)
+    print(workdir_lib.summary_line(summary, root), flush=True)
   summary["state"] = state
   return summary
 

@@ -12,7 +12,7 @@ Contract:
   neuron spec (after the preset), the resolved data options, and the library versions.
   ``comparable(description)`` is the part two runs of one workdir must share (versions and
   run-only fields are left out). Written to ``run.json`` at the start and into each
-  checkpoint's metadata.
+  checkpoint's metadata. ``summary_line(summary, workdir)`` is the ``final: ...`` line.
 - ``WorkdirLock(workdir)``: an exclusive lock file ``run.lock`` holding the owner's host,
   pid, process start time and a random token. ``acquire()`` creates it atomically
   (``O_EXCL`` on local disks); a lock left by a dead process of this host is taken over, a
@@ -82,8 +82,7 @@ def comparable(description: dict) -> dict:
   for section in ("config", "neuron_spec", "data_options"):
     if description.get(section) is not None:
       _flatten(description[section], section if section != "config" else "", flat)
-  return {k: v for k, v in flat.items() if k.split(".")[-1] not in RUN_ONLY_FIELDS
-          or k.count(".") != 0}
+  return {k: v for k, v in flat.items() if k not in RUN_ONLY_FIELDS}  # top-level config keys
 
 
 def _flatten(tree: Any, prefix: str, out: dict) -> None:
@@ -242,3 +241,14 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def summary_line(summary: dict, workdir: Any) -> str:
+  """The ``final: ...`` line of a run's summary (printed at the end and for a finished run)."""
+  energy = (f"energy={summary['energy_mj_per_image']:.3g}mJ/image "
+            if "energy_mj_per_image" in summary else "")
+  return (f"final: test_accuracy={summary['test_accuracy']:.4f} "
+          f"best_test_accuracy={summary['best_test_accuracy']:.4f} "
+          f"firing_rate={summary['test_firing_rate']:.4f} {energy}"
+          f"train_time={summary['train_time_s']:.1f}s "
+          f"images/s={summary['images_per_s']:.0f} workdir={workdir}")

@@ -210,3 +210,19 @@ def test_gs_workdir_goes_through_epath(memory_gcs, tmp_path):
   run_paths.write_text_atomic(root / "summary.json", json.dumps({"test_accuracy": 1.0}))
   assert workdir.inspect(root, desc).kind == "finished"
   assert not os.path.exists(tmp_path / "gs:")
+
+
+def test_second_ctrl_c_exits_at_once():
+  code = ("import os, signal, time\n"
+          "from cfsnn_jax import run_guard\n"
+          "with run_guard.StopSignals() as stop:\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  print('noted', stop.received, flush=True)\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  time.sleep(30)\n"
+          "  print('not reached')\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 128 + 2 and r.stdout.split() == ["noted", "2"], (r.stdout, r.stderr)
+  assert "SIGINT: finishing the current step and saving a checkpoint" in r.stderr
+  assert "second SIGINT: exiting now without saving" in r.stderr
