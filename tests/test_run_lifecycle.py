@@ -25,20 +25,23 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 200
-ARGS = ("--config=configs/default.py:tiny", f"--config.num_train_steps={STEPS}",
+ARGS = (f"--config={REPO}/configs/default.py:tiny", f"--config.num_train_steps={STEPS}",
         "--config.checkpoint_every_steps=10", "--config.eval_every_steps=50",
         "--config.analysis_report=False")
 TIMING = {"train_time_s", "images_per_s"}
 
 
-def _start(workdir, *extra):
-  cmd = [sys.executable, "-m", "cfsnn_jax.main", f"--workdir={workdir}", *ARGS, *extra]
-  return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+def _start(workdir, *extra, cwd=REPO):
+  flag = [] if workdir is None else [f"--workdir={workdir}"]
+  cmd = [sys.executable, "-m", "cfsnn_jax.main", *flag, *ARGS, *extra]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (
+      REPO, os.environ.get("PYTHONPATH")))))
+  return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env)
 
 
-def _run(workdir, *extra, rc=0):
-  proc = _start(workdir, *extra)
+def _run(workdir, *extra, rc=0, cwd=REPO):
+  proc = _start(workdir, *extra, cwd=cwd)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == rc, (proc.returncode, err[-3000:])
   return out, err
@@ -161,8 +164,11 @@ def test_interruptions_resume_exactly(reference, tmp_path):
   out, err = proc.communicate()
   assert f"checkpoint step {stop} in" in err and "does not restore" in err, err[-2000:]
   assert f"resuming at step {older}" in out
-  # 6. finish; everything equals the uninterrupted run
-  out, _ = _run(workdir, *extra)
+  # 6. finish, saving on a timer too (all steps kept); everything equals the uninterrupted run
+  out, _ = _run(workdir, *extra, "--config.checkpoint_every_seconds=0.01",
+                "--config.keep_checkpoints=1000")
+  saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  assert any(step % 10 for step in saved if step > 120), saved  # time-based saves
   assert _rows(workdir) == _rows(reference)
   keys = [(r["step"], r["split"]) for r in _rows(workdir)]
   assert len(keys) == len(set(keys)) and (STEPS, "train") in keys
@@ -174,9 +180,15 @@ def test_interruptions_resume_exactly(reference, tmp_path):
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
-  workdir = str(tmp_path / "run")
-  _, err = _run(workdir, "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e6",
-                "--config.checkpoint_every_steps=1", "--config.num_train_steps=30", rc=2)
+  # no --workdir: a fresh workdirs/<config>-<variant>-<time>-<pid>, printed at start
+  out, err = _run(None, "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e6",
+                  "--config.checkpoint_every_steps=1", "--config.num_train_steps=30", rc=2,
+                  cwd=str(tmp_path))
+  made = re.search(r"cfsnn_jax: workdir (workdirs/default-tiny-\d{8}-\d{6}-\d+) \(no "
+                   r"--workdir given\)", out)
+  assert made, out
+  workdir = str(tmp_path / made.group(1))
+  assert os.listdir(tmp_path / "workdirs") == [os.path.basename(workdir)]
   line = _one_error_line(err)
   match = re.match(r"error: training diverged at step (\d+): (loss|grad_norm|params/\S+)", line)
   assert match, line
