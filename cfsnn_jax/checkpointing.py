@@ -2,7 +2,7 @@
 
 Contract: ``open_manager(directory, *, read_only, keep)`` -> an ``ocp.CheckpointManager`` on
 ``directory`` (a local path or a ``gs://`` URI, through ``etils.epath``) with two items,
-``state`` (parameters, model state, optimizer state, step, RNG key data) and ``data`` (the
+``state`` (parameters, model state, optimizer state, step) and ``data`` (the
 grain iterator's state); ``make_manager(workdir, keep)`` opens ``workdir/checkpoints``. Orbax
 writes each step into a temporary directory and renames it when complete, so an interrupted
 save never becomes the latest checkpoint.
@@ -51,12 +51,16 @@ class MismatchError(UserError):
   """The checkpoint is intact but belongs to another model/config."""
 
 
-def open_manager(directory: Any, *, read_only: bool = False, keep: int = 2
+def open_manager(directory: Any, *, read_only: bool, keep: int = 2
                  ) -> ocp.CheckpointManager:
+  """The one place a manager is opened: read-write, or read-only (never writes or cleans, for
+  a workdir a run may still be writing)."""
   directory = run_paths.workdir_path(directory)
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                         read_only=read_only,
-                                         cleanup_tmp_directories=not read_only)
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
   try:
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
   except OSError as e:
@@ -64,7 +68,7 @@ def open_manager(directory: Any, *, read_only: bool = False, keep: int = 2
 
 
 def make_manager(workdir: Any, keep: int = 2) -> ocp.CheckpointManager:
-  return open_manager(run_paths.workdir_path(workdir) / "checkpoints", keep=keep)
+  return open_manager(run_paths.workdir_path(workdir) / "checkpoints", read_only=False, keep=keep)
 
 
 def _path_str(path) -> str:
@@ -168,8 +172,14 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, template: Any) -
 
 def restore(manager: ocp.CheckpointManager, step: int, template: Any,
             data_iter: Any | None) -> Any:
-  """The state of ``step`` (raises on damage or mismatch; no fallback, no checksum)."""
-  return _restore_step(manager, step, template, data_iter)[0]
+  """The state of ``step``, no fallback: a mismatch or an unreadable step is one line."""
+  try:
+    return _restore_step(manager, step, template, data_iter)[0]
+  except UserError:
+    raise
+  except (ValueError, KeyError, TypeError, OSError) as e:
+    raise UserError(f"checkpoint step {step} in {manager.directory} does not restore: "
+                    f"{_first_line(e)}") from None
 
 
 def _restore_step(manager, step, template, data_iter) -> tuple[Any, dict]:

@@ -40,7 +40,9 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from cfsnn_jax import run_guard, train
+  from cfsnn_jax import run, run_guard
+  from cfsnn_jax.data import DataError
+  from cfsnn_jax.errors import UserError
   workdir = _WORKDIR.value
   if workdir is None:  # a fresh directory per run; multi-process runs must share one
     if jax.process_count() > 1:
@@ -52,8 +54,8 @@ def main(argv):
         os.path.splitext(file)[0], variant, time.strftime("%Y%m%d-%H%M%S"), str(os.getpid())))))
     print(f"cfsnn_jax: workdir {workdir} (no --workdir given)", flush=True)
   try:
-    train.train_and_evaluate(_CONFIG.value, workdir)
-  except ValueError as e:  # bad input: one clear line, no traceback
+    run.run(_CONFIG.value, workdir)
+  except (UserError, DataError) as e:  # bad input: one clear line; bugs keep the traceback
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except run_guard.Interrupted as e:  # SIGTERM / SIGINT: saved; 128 + signal number

@@ -1,132 +1,39 @@
-"""Training loop: state, jitted step functions, evaluation, checkpoints and metrics.
+"""Training loop: data, evaluation, checkpoints and metrics around the jitted steps.
 
 Contract: ``train_and_evaluate(config, workdir) -> summary dict``. The config is validated
-first (one-line errors before any compilation). Data parallel over every device with one
-``jax.make_mesh`` axis ``data``: the batch is sharded, parameters / BN statistics are
-replicated, and batch statistics are global because the step is one SPMD program. The state
-(parameters, non-parameter model state such as BN statistics and DS-ATGO thresholds,
-optimizer state, step, RNG) and the data-iterator state are saved together by orbax every
-``checkpoint_every_steps`` (and ``checkpoint_every_seconds``, on SIGTERM / SIGINT, and at the
-end), each with the run's history (best accuracy, time, images) so a resumed run's records and
-summary equal an uninterrupted run's. What the workdir holds decides fresh / resume / finished
-/ refused (``workdir.inspect``, before anything is written); ``run_guard`` stops the run on a
-signal or a non-finite value (never saved). Only process 0 writes files, all through
-``run_paths`` (etils.epath).
+first (one-line ``UserError``s before any compilation). The state and the jitted train / eval
+steps come from ``steps`` (data parallel over every device with one mesh axis ``data``: the
+batch is sharded, parameters / BN statistics are replicated, batch statistics are global).
+The state (parameters, non-parameter model state such as BN statistics and DS-ATGO
+thresholds, optimizer state, step) and the data-iterator state are saved together by orbax
+every ``checkpoint_every_steps`` (and ``checkpoint_every_seconds``, on SIGTERM / SIGINT, and
+at the end), each with the run's history (best accuracy, time, images), so a resumed run's
+records and summary equal an uninterrupted run's. What the workdir holds decides fresh /
+resume / finished / refused (``workdir.inspect``, before anything is written); ``run_guard``
+stops the run on a signal or a non-finite value (never saved). Only process 0 writes files,
+all through ``run_paths`` (etils.epath). The summary also carries what the end-of-run report
+needs (``state``, ``eval_graphdef``, ``eval_batches``); the report itself is ``run.run``'s
+``end_of_run`` callback (this module never imports ``analysis``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import checkpointing, config_schema, data, losses, models, optim, run_paths
-from cfsnn_jax import run_guard
+from cfsnn_jax import checkpointing, config_schema, data, layers, run_guard, run_paths, steps
 from cfsnn_jax import workdir as workdir_lib
-from cfsnn_jax.analysis import curves, report, spiking_stats
 from cfsnn_jax.data import pipeline
-from cfsnn_jax.layers import NeuronAux, NeuronFactory
+from cfsnn_jax.errors import UserError
 from cfsnn_jax.metric_writers import METRICS_FILE, MetricWriter
 
-State = dict[str, Any]
-
-
-def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
-  """One ``data`` axis over every device (of every process) or over ``devices``."""
-  devices = jax.devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
-
-
-def build_model(config: Any, info: data.sources.DatasetInfo, rngs: nnx.Rngs) -> nnx.Module:
-  spec = config_schema.neuron_spec(config.neuron)
-  factory = NeuronFactory(spec, config.num_steps, pn_kappa=config.loss.pn_kappa)
-  return models.build_model(config.model, factory, input_shape=info.input_shape,
-                            num_classes=info.num_classes, static_input=info.static_input,
-                            rngs=rngs, vocab_size=info.vocab_size)
-
-
-def model_input(batch: dict, static_input: bool) -> jax.Array:
-  """Batches are example-major; event examples ``[B, T, ...]`` become time-major ``[T, B, ...]``."""
-  x = batch["image"]
-  return x if static_input else jnp.swapaxes(x, 0, 1)
-
-
-def _forward_metrics(model: nnx.Module, batch: dict, loss_cfg: Any):
-  logits_TBK, aux = model(model_input(batch, model.static_input))
-  labels = batch["label"]
-  task = losses.task_loss(loss_cfg.name, logits_TBK, labels,
-                          label_smoothing=loss_cfg.label_smoothing,
-                          tet_lambda=loss_cfg.tet_lambda, tet_phi=loss_cfg.tet_phi)
-  pn = losses.pn_loss(aux, loss_cfg.pn_variant)
-  loss = task + loss_cfg.pn_weight * pn if loss_cfg.pn_weight else task
-  correct = (jnp.argmax(logits_TBK.mean(0), -1) == labels).astype(jnp.float32)
-  return loss, (task, pn, correct, aux)
-
-
-def cast_floating(tree: Any, dtype: Any) -> Any:
-  """Casts floating leaves to ``dtype`` (mixed precision: float32 master parameters)."""
-  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-                      else x, tree)
-
-
-def loss_and_grads(params: Any, rest: Any, batch: dict, *, graphdef, loss_cfg: Any,
-                   compute_dtype: str = "float32"):
-  """``((loss, (rest, task, pn, correct, aux)), grads)`` for one global batch.
-
-  Under ``jit`` with a batch sharded over the mesh this is one SPMD program: BatchNorm and
-  DS-ATGO statistics are over the global batch, gradients are global means.
-  """
-  dtype = jnp.dtype(compute_dtype)
-
-  def loss_fn(params):
-    compute_params = params if dtype == jnp.float32 else cast_floating(params, dtype)
-    model = nnx.merge(graphdef, compute_params, rest, copy=True)
-    b = batch
-    if dtype != jnp.float32 and jnp.issubdtype(batch["image"].dtype, jnp.floating):
-      b = dict(batch, image=batch["image"].astype(dtype))
-    loss, (task, pn, correct, aux) = _forward_metrics(model, b, loss_cfg)
-    new_rest = cast_floating(nnx.state(model, nnx.Not(nnx.Param)), jnp.float32)
-    return loss, (new_rest, task, pn, correct, aux)
-
-  return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-
-def train_step(state: State, batch: dict, *, graphdef, tx: optax.GradientTransformation,
-               loss_cfg: Any, compute_dtype: str = "float32") -> tuple[State, dict]:
-  (loss, (rest, task, pn, correct, aux)), grads = loss_and_grads(
-      state["params"], state["rest"], batch, graphdef=graphdef, loss_cfg=loss_cfg,
-      compute_dtype=compute_dtype)
-  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
-  metrics = {"loss": loss, "task_loss": task, "pn_loss": pn, "accuracy": correct.mean(),
-             "firing_rate": aux.rate_T.mean(), "grad_norm": optax.tree.norm(grads)}
-  new_state = dict(state, params=params, rest=rest, opt_state=opt_state,
-                   step=state["step"] + 1)
-  return new_state, metrics
-
-
-def eval_step(state: State, batch: dict, *, graphdef, loss_cfg: Any,
-              compute_dtype: str = "float32") -> dict:
-  dtype = jnp.dtype(compute_dtype)
-  params = state["params"] if dtype == jnp.float32 else cast_floating(state["params"], dtype)
-  if dtype != jnp.float32 and jnp.issubdtype(batch["image"].dtype, jnp.floating):
-    batch = dict(batch, image=batch["image"].astype(dtype))
-  model = nnx.merge(graphdef, params, state["rest"])
-  loss, (_, _, correct, aux) = _forward_metrics(model, batch, loss_cfg)
-  mask = batch["mask"]
-  return {"correct": (correct * mask).sum(), "count": mask.sum(),
-          "loss_sum": loss * mask.sum(), "rate_LT": aux.rate_T}
+State = steps.State
 
 
 def _steps(config: Any, num_train: int) -> tuple[int, int]:
@@ -149,24 +56,13 @@ def evaluate(state: State, eval_fn, batches: pipeline.EvalBatches, to_global) ->
           "firing_rate": float(np.mean(rates))}
 
 
-def create_train_state(config: Any, info: data.sources.DatasetInfo, total_steps: int):
-  """``(graphdef, eval_graphdef, state, tx, num_params)`` for a fresh run of ``config``."""
-  key = jax.random.key(config.seed)
-  model = build_model(config, info, nnx.Rngs(params=jax.random.fold_in(key, 0)))
-  num_params = models.count_params(model)
-  model.eval()
-  eval_graphdef = nnx.graphdef(model)
-  model.train()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optim.make_optimizer(config.optimizer, total_steps)
-  state: State = {"params": params, "rest": rest, "opt_state": tx.init(params),
-                  "step": jnp.zeros((), jnp.int32),
-                  "rng": jax.random.key_data(jax.random.fold_in(key, 1))}
-  return graphdef, eval_graphdef, state, tx, num_params
+def train_and_evaluate(config: Any, workdir: str, *,
+                       end_of_run: Callable[[dict, str], dict] | None = None) -> dict:
+  """Runs (or resumes) the run of ``config`` in ``workdir``; README "Runs and workdirs".
 
-
-def train_and_evaluate(config: Any, workdir: str) -> dict:
-  """Runs (or resumes) the run of ``config`` in ``workdir``; README "Runs and workdirs"."""
+  ``end_of_run(summary, local_dir) -> extra summary fields`` (process 0, e.g. ``run.run``'s
+  report) runs under the workdir lock before ``summary.json``, the finished marker, is written.
+  """
   config_schema.validate_config(config)
   is_writer = jax.process_index() == 0
   root = run_paths.workdir_path(workdir)
@@ -188,16 +84,20 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     if is_writer:
       workdir_lib.write_description(root, description, status)
     with run_guard.StopSignals() as signals:
-      return _train(config, root, description, signals)
+      return _train(config, root, description, signals, end_of_run)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSignals) -> dict:
+def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSignals,
+           end_of_run: Callable[[dict, str], dict] | None) -> dict:
   is_writer = jax.process_index() == 0
   num_devices = jax.device_count()
-  pipeline.check_batch_size(config.batch_size, jax.process_count(), num_devices)
+  try:
+    pipeline.check_batch_size(config.batch_size, jax.process_count(), num_devices)
+  except ValueError as e:
+    raise UserError(str(e)) from None
 
   splits = data.load_dataset(config)
   info = splits.info
@@ -206,16 +106,11 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
   ckpt_every = config.checkpoint_every_steps or steps_per_epoch
   ckpt_seconds = float(config.get("checkpoint_every_seconds", 0) or 0)
 
-  graphdef, eval_graphdef, state, tx, num_params = create_train_state(config, info,
-                                                                      total_steps)
-  mesh = make_mesh()
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
-  state = jax.device_put(state, replicated)
-
-  def to_global(batch: dict) -> dict:
-    return {k: jax.make_array_from_process_local_data(batch_sharding, v)
-            for k, v in batch.items()}
+  setup = steps.create_train_state(config, info, total_steps)
+  eval_graphdef, num_params = setup.eval_graphdef, setup.num_params
+  built = steps.make_steps(config, setup)
+  p_train, p_eval, to_global = built.train, built.eval, built.to_global
+  state = built.place(setup.state)
 
   train_iter = pipeline.train_iterator(
       splits.train, config.batch_size, config.seed, augment=data.train_augment(config, info),
@@ -232,13 +127,6 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
   # Everything the records need to continue exactly: restored with the checkpoint.
   history = dict({"best_accuracy": 0.0, "last_eval": None, "train_time_s": 0.0, "images": 0},
                  **saved.get("history", {}))
-
-  p_train = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx,
-                                      loss_cfg=config.loss,
-                                      compute_dtype=config.compute_dtype),
-                    donate_argnums=(0,), out_shardings=(replicated, replicated))
-  p_eval = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef, loss_cfg=config.loss,
-                                     compute_dtype=config.compute_dtype))
 
   writer = MetricWriter(root, enabled=is_writer, start_step=start_step)
   if is_writer:
@@ -297,10 +185,10 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
         history["last_eval"] = ev
         writer.write(done, "test", ev)
         if is_writer:  # learned surrogate alphas / DS-ATGO thresholds per layer and step
-          neuron_scalars = spiking_stats.neuron_scalars(
+          scalars = layers.neuron_scalars(
               nnx.merge(eval_graphdef, state["params"], state["rest"]))
-          if neuron_scalars:
-            writer.write(done, "neurons", neuron_scalars)
+          if scalars:
+            writer.write(done, "neurons", scalars)
         bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
         t_start = time.perf_counter()
       due_time = ckpt_seconds > 0 and time.perf_counter() - t_saved >= ckpt_seconds
@@ -332,20 +220,17 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
              "test_firing_rate": ev["firing_rate"], "train_time_s": train_time,
              "images_per_s": history["images"] / max(train_time, 1e-9), "steps": total_steps,
              "num_params": num_params}
-  if is_writer:
+  if is_writer and end_of_run is not None:  # the report, into the workdir (staged if remote)
     with run_paths.staged_dir(root, inputs=(METRICS_FILE,)) as local:
-      curves.plot_training_curves(local)
-      if config.analysis_report:  # firing rates, potentials, gradient availability, energy
-        analysis = report.write_training_report(eval_graphdef, state, eval_batches, local)
-        summary["energy_mj_per_image"] = analysis["energy_mj_per_image"]
-        summary["grad_available_share"] = analysis["grad_available_share"]
+      summary.update(end_of_run(dict(summary, state=state, eval_graphdef=eval_graphdef,
+                                     eval_batches=eval_batches), local))
   writer.write(total_steps, "summary", summary)
   writer.close()
   if is_writer:  # written last: its presence marks the workdir finished
     run_paths.write_text_atomic(root / workdir_lib.SUMMARY_FILE,
                                 json.dumps(summary, indent=2) + "\n")
     print(workdir_lib.summary_line(summary, root), flush=True)
-  summary["state"] = state
+  summary.update(state=state, eval_graphdef=eval_graphdef, eval_batches=eval_batches)
   return summary
 
 
