@@ -226,3 +226,18 @@ def test_second_ctrl_c_exits_at_once():
   assert r.returncode == 128 + 2 and r.stdout.split() == ["noted", "2"], (r.stdout, r.stderr)
   assert "SIGINT: finishing the current step and saving a checkpoint" in r.stderr
   assert "second SIGINT: exiting now without saving" in r.stderr
+
+
+def test_full_or_read_only_disk_under_orbax_is_one_line(tmp_path):
+  manager = checkpointing.make_manager(str(tmp_path))
+  try:
+    raise RuntimeError("tensorstore write failed") from OSError(28, "No space left on device")
+  except RuntimeError as e:
+    full = checkpointing._storage_error(manager, e)
+  assert isinstance(full, UserError) and str(full) == (
+      f"{manager.directory} cannot be written: no space left on the device")
+  ro = checkpointing._storage_error(manager, ValueError("... Read-only file system [os_error]"))
+  assert str(ro).endswith("is on a read-only filesystem")
+  bug = KeyError("a bug")
+  assert checkpointing._storage_error(manager, bug) is bug  # everything else keeps its traceback
+  manager.close()
