@@ -71,9 +71,10 @@ def run_description(config: Any) -> dict:
     data_opts = data.data_options(config, config.dataset).to_dict()
   except (ValueError, KeyError):
     data_opts = None
-  return {"config": json.loads(config.to_json()),
-          "neuron_spec": dataclasses.asdict(config_schema.neuron_spec(config.neuron)),
-          "data_options": data_opts, "versions": library_versions()}
+  description = {"config": json.loads(config.to_json()),
+                 "neuron_spec": dataclasses.asdict(config_schema.neuron_spec(config.neuron)),
+                 "data_options": data_opts, "versions": library_versions()}
+  return json.loads(json.dumps(description, default=str))  # as saved: tuples become lists
 
 
 def comparable(description: dict) -> dict:

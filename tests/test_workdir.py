@@ -36,6 +36,14 @@ def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
   workdir.write_description(root, desc, status)
   config.progress_bar, config.log_every_steps = True, 7  # run-only: still the same run
   assert workdir.inspect(root, workdir.run_description(config)).kind == "resume"
+  from configs import cifar10 as cifar10_config  # tuple-valued data options (mean, std)
+  image = cifar10_config.get_config("tiny")
+  image_root = run_paths.workdir_path(str(tmp_path / "image"))
+  image_root.mkdir()
+  image_desc = workdir.run_description(image)
+  assert isinstance(image_desc["data_options"]["mean"], list)
+  workdir.write_description(image_root, image_desc, workdir.inspect(image_root, image_desc))
+  assert workdir.inspect(image_root, workdir.run_description(image)).kind == "resume"
   config.optimizer.learning_rate = 0.5
   with pytest.raises(UserError, match=r"holds another run: optimizer.learning_rate is 0.003 "
                      r"there, 0.5 here; pass a new --workdir"):
