@@ -1,43 +1,35 @@
 """One experiment end to end: ``run(config, workdir)`` trains, then writes the report.
 
-Contract: ``train.train_and_evaluate(config, workdir)`` (resumes from ``workdir``), then on
-process 0 only the end-of-run report: ``curves.png`` from ``metrics.jsonl`` and, with
-``config.analysis_report``, the firing-rate / potential / gradient-availability plots, the
-energy table and ``analysis.json`` (``analysis.report``); the report's energy and
-gradient-available share are added to the returned summary and to ``summary.json``.
-``main`` calls this; the training loop itself never imports ``analysis``.
+Contract: ``train.train_and_evaluate(config, workdir, end_of_run=...)`` (fresh, resumed or
+finished: README "Runs and workdirs"); on process 0, before ``summary.json`` marks the run
+finished and still under the workdir lock, the end-of-run report: ``curves.png`` from
+``metrics.jsonl`` and, with ``config.analysis_report``, the firing-rate / potential /
+gradient-availability plots, the energy table and ``analysis.json`` (``analysis.report``);
+the report's energy and gradient-available share go into the summary and ``summary.json``.
+A finished workdir gets nothing new. ``main`` calls this; the training loop itself never
+imports ``analysis``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
-
-import jax
 
 from cfsnn_jax import train
 from cfsnn_jax.analysis import curves, report
 
 
 def run(config: Any, workdir: str) -> dict:
-  summary = train.train_and_evaluate(config, workdir)
-  if jax.process_index() != 0:
-    return summary
-  curves.plot_training_curves(workdir)
-  if config.analysis_report:  # firing rates, potentials, gradient availability, energy
+  def end_of_run(summary: dict, local_dir: str) -> dict:
+    curves.plot_training_curves(local_dir)
+    if not config.analysis_report:  # firing rates, potentials, gradient availability, energy
+      return {}
     analysis = report.write_training_report(summary["eval_graphdef"], summary["state"],
-                                            summary["eval_batches"], workdir)
-    summary["energy_mj_per_image"] = analysis["energy_mj_per_image"]
-    summary["grad_available_share"] = analysis["grad_available_share"]
-    path = os.path.join(workdir, "summary.json")
-    with open(path) as f:
-      written = json.load(f)
-    written.update(energy_mj_per_image=summary["energy_mj_per_image"],
-                   grad_available_share=summary["grad_available_share"])
-    with open(path, "w") as f:
-      json.dump(written, f, indent=2)
-    print(f"report: energy={summary['energy_mj_per_image']:.3g}mJ/image "
-          f"grad_available_share={summary['grad_available_share']:.3f} "
+                                            summary["eval_batches"], local_dir)
+    print(f"report: energy={analysis['energy_mj_per_image']:.3g}mJ/image "
+          f"grad_available_share={analysis['grad_available_share']:.3f} "
           f"({os.path.join(workdir, 'analysis.json')})", flush=True)
-  return summary
+    return {"energy_mj_per_image": analysis["energy_mj_per_image"],
+            "grad_available_share": analysis["grad_available_share"]}
+
+  return train.train_and_evaluate(config, workdir, end_of_run=end_of_run)
