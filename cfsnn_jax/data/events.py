@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from cfsnn_jax.data import event_filters
 from cfsnn_jax.data.sources import DataError, decoding, read_text, require_path
 
 CACHE_FORMAT_VERSION = 2  # bump when the binning / resize rule or the key changes
@@ -135,7 +136,6 @@ class FrameSpec:
     return {"rule": f"count-v{CACHE_FORMAT_VERSION}", **dataclasses.asdict(self)}
 
   def filter(self, ev: Events) -> Events:
-    from cfsnn_jax.data import event_filters
     if self.refractory_us:
       ev = event_filters.refractory(ev, self.refractory_us, self.sensor)
     if self.denoise_us:
