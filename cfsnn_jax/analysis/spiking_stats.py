@@ -62,7 +62,8 @@ def effective_alpha_T(H_TN: jax.Array, theta_T: jax.Array, alpha_T: jax.Array,
   return jax.vmap(lambda h_N, theta: neurons.dynamic_alpha(h_N, theta, spec))(h, theta_T)
 
 
-def gradient_available(h: Array, theta: Array, alpha: Array, spec: NeuronSpec) -> Array:
+def gradient_available(h: jax.Array, theta: Any, alpha: Any,
+                       spec: neurons.NeuronSpec) -> jax.Array:
   """Boolean mask of potentials whose surrogate gradient is available (METHOD.md §4 analysis).
 
   Compact families (rectangular, triangle): inside the support of g_alpha around some level
