@@ -135,8 +135,8 @@ class SpikingNeuron(nnx.Module):
     if self.spec.activation == "relu":
       return self._relu(x_TB)
     training = not self.use_running_average
-    theta_T = None
-    if self.theta_ema is not None and not training:
+    theta_T = None  # eval: the EMA; training: the EMA replaces a non-finite batch statistic
+    if self.theta_ema is not None:
       theta_T = self.theta_ema[...]
     forward = functools.partial(
         neuron_forward, spec=self.spec, training=training, unroll=self.unroll(),

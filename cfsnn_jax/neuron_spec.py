@@ -16,6 +16,7 @@ Importable without jax or flax: the config layer validates through this module a
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from cfsnn_jax.errors import UserError, unknown_choice
@@ -130,6 +131,30 @@ def validate_spec(spec: NeuronSpec) -> None:
     raise UserError(f"PLIF decay_init must be in (0, 1), got {spec.decay_init}")
   if spec.dynamic_base_width <= 0:
     raise UserError(f"dynamic_base_width must be > 0, got {spec.dynamic_base_width}")
+  _refuse_inert(spec)
+
+
+def _refuse_inert(spec: NeuronSpec) -> None:
+  """Settings under which the neuron cannot charge, cannot fire, or fires whatever its input
+  (docs/DECISIONS.md, issue 14): one line each."""
+  if spec.activation != "spike":
+    return
+  if spec.charge == "lif" and not math.isfinite(spec.tau):
+    raise UserError(f"LIF tau must be finite (tau = inf is IF: use neuron.charge=if), got "
+                    f"{spec.tau}")
+  if spec.decay_input and spec.charge == "if":
+    raise UserError("neuron.decay_input=True with charge=if scales the input by 1 - lambda = 0: "
+                    "the neuron never charges; use charge=lif or plif, or decay_input=False")
+  if spec.adaptive and not spec.adaptive_fc > 0:
+    raise UserError(f"adaptive_fc must be > 0 (theta = f_c (mean + std)), got "
+                    f"{spec.adaptive_fc}")
+  if spec.adaptive and not 0 < spec.adaptive_momentum <= 1:
+    raise UserError(f"adaptive_momentum must be in (0, 1] (the threshold EMA never moves at 0), "
+                    f"got {spec.adaptive_momentum}")
+  if spec.reset == "hard" and not spec.adaptive and not spec.v_reset < spec.threshold:
+    raise UserError(f"hard reset needs v_reset < threshold (else a neuron that fired once "
+                    f"fires on every later non-negative input), got v_reset={spec.v_reset}, "
+                    f"threshold={spec.threshold}")
 
 
 def validate_num_steps(num_steps: int) -> None:

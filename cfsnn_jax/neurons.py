@@ -108,7 +108,12 @@ def surrogate_primitive(name: str, v: Array, alpha: Array) -> Array:
 
 
 def staircase(h: Array, theta: Array, levels: int, signed: bool) -> Array:
-  """Exact forward of METHOD.md §1 (fire): clip(floor(h/theta), 0, D), optionally signed."""
+  """Exact forward of METHOD.md §1 (fire): clip(floor(h/theta), 0, D), optionally signed.
+  The binary spike (D = 1, unsigned) is ``[h >= theta]``, defined for every theta (also
+  <= 0, as SpikingJelly and the DS-ATGO code); the staircase needs theta > 0 (an adaptive one
+  is floored at ``ADAPTIVE_THETA_FLOOR`` for it, ``step_threshold_alpha``)."""
+  if levels == 1 and not signed:
+    return (h >= theta).astype(h.dtype)
   if signed:
     return jnp.sign(h) * jnp.clip(jnp.floor(jnp.abs(h) / theta), 0, levels)
   return jnp.clip(jnp.floor(h / theta), 0, levels)
@@ -188,6 +193,9 @@ spike.defvjp(_spike_fwd, _spike_bwd)
 # DS-ATGO statistics (METHOD.md §4).
 # --------------------------------------------------------------------------------------------
 
+ADAPTIVE_THETA_FLOOR = 1e-3  # smallest adaptive threshold of a multi-level / signed neuron
+MIN_WIDTH = 1e-3  # smallest DS-ATGO surrogate width, in units of the base width k
+
 
 def adaptive_threshold(h: Array, fc: float) -> Array:
   """theta_t = f_c (mean(H_t) + std(H_t)) over every axis (batch, channels, space); unbiased
@@ -197,9 +205,12 @@ def adaptive_threshold(h: Array, fc: float) -> Array:
 
 
 def dynamic_width(delta: Array, base_width: float) -> Array:
-  """DS-ATGO width rule: k (1 - tanh(1 - delta)) if delta < 1 else k (1 + tanh(delta - 1))."""
-  return jnp.where(delta < 1, base_width * (1 - jnp.tanh(1 - delta)),
-                   base_width * (1 + jnp.tanh(delta - 1)))
+  """DS-ATGO width rule: k (1 - tanh(1 - delta)) if delta < 1 else k (1 + tanh(delta - 1)),
+  floored at ``MIN_WIDTH * k`` (1 - tanh underflows to 0 for delta below about -8, e.g. a very
+  negative threshold statistic: an infinite sharpness would make the surrogate NaN)."""
+  width = jnp.where(delta < 1, base_width * (1 - jnp.tanh(1 - delta)),
+                    base_width * (1 + jnp.tanh(delta - 1)))
+  return jnp.maximum(width, MIN_WIDTH * base_width)
 
 
 def dynamic_alpha(h: Array, theta_t: Array, spec: NeuronSpec) -> Array:
@@ -212,9 +223,18 @@ def dynamic_alpha(h: Array, theta_t: Array, spec: NeuronSpec) -> Array:
 
 def step_threshold_alpha(h: Array, theta_t: Array, alpha_t: Array, spec: NeuronSpec,
                          use_adaptive: bool) -> tuple[Array, Array]:
-  """The threshold and sharpness a step uses (DS-ATGO: from H_t's statistics, no gradient)."""
+  """The threshold and sharpness a step uses (DS-ATGO: from H_t's statistics, no gradient).
+
+  A non-finite batch statistic (a diverged H, or a single element) is rejected: the step
+  uses ``theta_t`` (the layer passes its EMA) instead. Multi-level and signed neurons use
+  ``max(theta, ADAPTIVE_THETA_FLOOR)`` (their staircase needs theta > 0); the binary spike
+  takes any sign."""
   if use_adaptive:
-    theta_t = adaptive_threshold(h, spec.adaptive_fc)
+    batch_theta = adaptive_threshold(h, spec.adaptive_fc)
+    theta_t = jnp.where(jnp.isfinite(batch_theta), batch_theta,
+                        jnp.asarray(theta_t, jnp.float32))
+  if spec.adaptive and (spec.levels > 1 or spec.signed):
+    theta_t = jnp.maximum(theta_t, ADAPTIVE_THETA_FLOOR)
   theta_t = jax.lax.stop_gradient(theta_t) if spec.adaptive else theta_t
   if spec.surrogate_mode == "dynamic":
     alpha_t = dynamic_alpha(h, theta_t, spec)
@@ -334,19 +354,3 @@ def alpha_from_rho(rho: Array) -> Array:
 def rho_for_alpha(alpha0: float) -> float:
   """Inverse softplus, so that softplus(rho) == alpha0 at initialisation."""
   return float(alpha0 + math.log(-math.expm1(-alpha0)))
-
-
-def gradient_available(h: Array, theta: Array, alpha: Array, spec: NeuronSpec) -> Array:
-  """Boolean mask of potentials whose surrogate gradient is available (METHOD.md §4 analysis).
-
-  Compact families (rectangular, triangle): inside the support of g_alpha around some level
-  k*theta. Smooth families (sigmoid, atan): g_alpha(v) >= 1% of its peak.
-  """
-  ks = jnp.arange(1, spec.levels + 1, dtype=jnp.float32)
-  mag = jnp.abs(h) if spec.signed else h
-  v = mag.astype(jnp.float32)[..., None] - ks * jnp.asarray(theta, jnp.float32)
-  phi = SURROGATES[spec.surrogate].phi
-  p = phi(jnp.asarray(alpha, jnp.float32) * v)
-  if spec.surrogate in ("rectangular", "triangle"):
-    return (p > 0).any(-1)
-  return (p >= 0.01 * phi(jnp.zeros((), jnp.float32))).any(-1)

@@ -52,6 +52,7 @@ def dsatgo_cifar_resnet19(dataset: str, arg: str | None) -> ml_collections.Confi
   c.num_steps = 2  # T
   c.model.name = "resnet19"
   c.model.residual = "sew_add"  # SEW-ADD residuals
+  c.model.stem_width = 128  # the DS-ATGO code's ResNet-19 stem (TET's, the default, is 64)
   c.model.per_step_bn = False
   c.neuron = config_schema.neuron_config("dsatgo", dynamic_stat="std")
   c.loss.label_smoothing = 0.1
@@ -62,6 +63,7 @@ def dsatgo_cifar_resnet19(dataset: str, arg: str | None) -> ml_collections.Confi
   if arg == "tiny":
     config_schema.make_tiny(c)
     c.model.widths = (8, 16, 16)
+    c.model.stem_width = 8
     c.model.head_hidden = 16
   return c
 

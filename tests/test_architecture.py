@@ -142,3 +142,31 @@ def test_unknown_names_are_user_errors(call, match):
   from cfsnn_jax.errors import UserError
   with pytest.raises(UserError, match=match):
     eval(call)
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_backend_workarounds_switch_keeps_values_and_gradients(mode, monkeypatch):
+  """The CPU-measured workarounds (``remat.backend_workarounds``) change scheduling only:
+  forced on or off, the neuron's time loop and a checkpointed block give the same values and
+  gradients as the reference."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from cfsnn_jax import neurons, neurons_fused, remat
+  monkeypatch.setenv("CFSNN_BACKEND_WORKAROUNDS", mode)
+  assert remat.backend_workarounds() is (mode == "on")
+  assert neurons_fused.default_unroll(4) == (True if mode == "on" else 1)
+  spec = neurons.resolve_spec("cf")
+  x = jax.random.normal(jax.random.key(0), (4, 3, 5)) * 2
+
+  def loss(x, fn):
+    return jnp.sum(fn(x, spec, alpha_T=jnp.full((4,), 3.0), decay=0.5)[0] * jnp.sin(x))
+  ref = jax.grad(loss)(x, neurons.run_neuron)
+  got = jax.grad(lambda x: loss(x, lambda *a, **k: neurons_fused.run_neuron(
+      *a, unroll=neurons_fused.default_unroll(4), **k)))(x)
+  np.testing.assert_allclose(ref, got, rtol=1e-5, atol=1e-6)
+  block = lambda w, x: jnp.tanh(x @ w) @ w.T  # noqa: E731
+  w = jax.random.normal(jax.random.key(1), (5, 5))
+  g_plain = jax.grad(lambda w: jnp.sum(block(w, x[0])))(w)
+  g_ckpt = jax.grad(lambda w: jnp.sum(remat.checkpoint(block)(w, x[0])))(w)
+  np.testing.assert_allclose(g_plain, g_ckpt, rtol=1e-5, atol=1e-6)

@@ -9,14 +9,14 @@ Contract:
   and returns, per layer and time step (``[L, T]`` arrays, weighted by examples):
   ``rate_LT`` (mean ``|S|``: spikes per neuron and step, multi-level counts, signed ``|S|``),
   ``grad_share_LT`` (share of potentials inside the gradient-available interval,
-  ``neurons.gradient_available`` with the layer's own threshold and sharpness), ``theta_LT``
+  ``gradient_available`` with the layer's own threshold and sharpness), ``theta_LT``
   (threshold used), ``alpha_LT`` (surrogate sharpness used; DS-ATGO's dynamic surrogate:
-  ``1 / width`` from that batch's statistic, exactly as ``neurons.run_neuron``), and a sample
+  ``1 / width`` from that batch's statistic, ``neurons.dynamic_alpha``), and a sample
   of membrane potentials per layer for histograms. ``training=True`` runs in train mode
   (batch statistics, DS-ATGO batch thresholds; the copy's state updates are discarded): what
   the backward pass sees. ``training=False``: inference.
-- ``gradient_available_share(h, theta, alpha, spec)``, ``effective_alpha_T(...)``: the pure
-  pieces, for tests and notebooks. ``membrane_histograms(stats)``: counts per step + edges.
+- ``gradient_available(h, theta, alpha, spec)`` (mask), ``gradient_available_share``,
+  ``effective_alpha_T(...)``: the pure pieces, for tests and notebooks. ``membrane_histograms(stats)``: counts per step + edges.
 - Learned surrogate shapes: ``neuron_parameters(model)`` (alpha per step, DS-ATGO EMA
   threshold, decay per layer), ``neuron_scalars(model)`` (``alpha/<layer>/<t>`` and
   ``theta_ema/<layer>/<t>`` for a metrics log), and their evolution over training from the
@@ -62,10 +62,27 @@ def effective_alpha_T(H_TN: jax.Array, theta_T: jax.Array, alpha_T: jax.Array,
   return jax.vmap(lambda h_N, theta: neurons.dynamic_alpha(h_N, theta, spec))(h, theta_T)
 
 
+def gradient_available(h: jax.Array, theta: Any, alpha: Any,
+                       spec: neurons.NeuronSpec) -> jax.Array:
+  """Boolean mask of potentials whose surrogate gradient is available (METHOD.md §4 analysis).
+
+  Compact families (rectangular, triangle): inside the support of g_alpha around some level
+  k*theta. Smooth families (sigmoid, atan): g_alpha(v) >= 1% of its peak.
+  """
+  ks = jnp.arange(1, spec.levels + 1, dtype=jnp.float32)
+  mag = jnp.abs(h) if spec.signed else h
+  v = mag.astype(jnp.float32)[..., None] - ks * jnp.asarray(theta, jnp.float32)
+  phi = neurons.SURROGATES[spec.surrogate].phi
+  p = phi(jnp.asarray(alpha, jnp.float32) * v)
+  if spec.surrogate in ("rectangular", "triangle"):
+    return (p > 0).any(-1)
+  return (p >= 0.01 * phi(jnp.zeros((), jnp.float32))).any(-1)
+
+
 def gradient_available_share(h: jax.Array, theta: Any, alpha: Any,
                              spec: neurons.NeuronSpec) -> jax.Array:
   """Share of ``h`` inside the gradient-available interval (scalar ``theta`` and ``alpha``)."""
-  return jnp.mean(neurons.gradient_available(h, theta, alpha, spec).astype(jnp.float32))
+  return jnp.mean(gradient_available(h, theta, alpha, spec).astype(jnp.float32))
 
 
 # --------------------------------------------------------------------------------------------

@@ -140,10 +140,15 @@ class SpikingResNet(nnx.Module):
 
 def resnet19(*, stage_blocks: Sequence[int] = (3, 3, 2), widths: Sequence[int] = (128, 256, 512),
              strides: Sequence[int] = (1, 2, 2), head_hidden: int = 256,
-             **kwargs) -> SpikingResNet:
-  """ResNet-19 as in TET (Deng et al., 2022): stem 128, stages [3, 3, 2], FC 256 + neuron."""
+             stem_width: int | None = None, **kwargs) -> SpikingResNet:
+  """ResNet-19 as in TET (Deng et al., 2022, ``models/resnet_models.py``): stem 64 (``None``:
+  half the first stage's width), stages [3, 3, 2] of widths 128-256-512 (the first block's
+  shortcut is conv1x1 + BN, 64 -> 128), FC 256 + neuron: 12,653,988 parameters for 100
+  classes with parameter-free LIF neurons (docs/MODELS.md). ``stem_width=128`` is the DS-ATGO
+  code's variant (identity shortcut in the first block)."""
+  stem_width = widths[0] // 2 if stem_width is None else stem_width
   return SpikingResNet(stage_blocks=stage_blocks, widths=widths, strides=strides,
-                       head_hidden=head_hidden, **kwargs)
+                       head_hidden=head_hidden, stem_width=stem_width, **kwargs)
 
 
 def resnet20(*, stage_blocks: Sequence[int] = (3, 3, 3), widths: Sequence[int] = (16, 32, 64),
