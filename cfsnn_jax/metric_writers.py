@@ -12,8 +12,10 @@ from typing import Mapping
 
 import numpy as np
 
+from cfsnn_jax.tensorboard_summaries import TensorBoardSummaries
 
-class MetricWriter:
+
+class MetricWriter(TensorBoardSummaries):  # + learning rate, per-layer stats, figures, hparams
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled

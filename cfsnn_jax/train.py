@@ -207,6 +207,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                                      compute_dtype=config.compute_dtype))
 
   writer = MetricWriter(workdir, enabled=is_writer)
+  writer.track_learning_rate(optim.learning_rate_schedule(config.optimizer, total_steps))
   if is_writer:
     print(f"cfsnn_jax: {config.model.name} on {info.name} ({len(splits.train)} train / "
           f"{len(splits.test)} test), {num_params:,} parameters, T={config.num_steps}, "
@@ -244,6 +245,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
             nnx.merge(eval_graphdef, state["params"], state["rest"]))
         if neuron_scalars:
           writer.write(done, "neurons", neuron_scalars)
+      if is_writer and jax.process_count() == 1:  # TensorBoard: per-layer rates, potentials
+        writer.write_spiking_stats(done, spiking_stats.collect_spiking_stats(nnx.merge(
+            eval_graphdef, state["params"], state["rest"]), [next(iter(eval_batches))]))
       bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
       t_start = time.perf_counter()
     if done % ckpt_every == 0 or done == total_steps:
@@ -264,7 +268,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
       analysis = report.write_training_report(eval_graphdef, state, eval_batches, workdir)
       summary["energy_mj_per_image"] = analysis["energy_mj_per_image"]
       summary["grad_available_share"] = analysis["grad_available_share"]
+  writer.write_figures(total_steps, workdir)  # the end-of-run PNGs as TensorBoard images
   writer.write(total_steps, "summary", summary)
+  writer.write_hparams(config, summary)
   writer.close()
   if is_writer:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -286,4 +292,5 @@ def _log_train(writer: MetricWriter, bar, step: int, metrics: dict, every: int,
   if force or step % max(every, 1) == 0:
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
     writer.write(step, "train", host)
+    writer.write_learning_rate(step)
     bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['accuracy']:.3f}")
