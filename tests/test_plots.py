@@ -65,18 +65,23 @@ def _metric_rows():
   return rows
 
 
-def _figures():
-  cf, ds = _stats("cf"), _stats("dsatgo", training=True)
-  return {
+SMALL_LAYERS = ["neurons.0", "neurons.1"]  # the digits MLP of the README gallery
+
+
+def _figures(names=RESNET19_LAYERS, suffix=""):
+  cf, ds = _stats("cf", names), _stats("dsatgo", names, training=True)
+  figs = {
       "firing_rates": plots.firing_rates_figure(cf),
-      "grad_available_cf": plots.gradient_available_figure(_stats("cf", training=True)),
+      "grad_available_cf": plots.gradient_available_figure(_stats("cf", names, training=True)),
       "grad_available_dsatgo": plots.gradient_available_figure(ds),
       "membrane_hist": plots.membrane_histograms_figure(cf),
-      "membrane_hist_dsatgo": plots.membrane_histograms_figure(_stats("dsatgo")),
-      "alphas": plots.alphas_figure(cf, _history(RESNET19_LAYERS, False)),
-      "alphas_dsatgo": plots.alphas_figure(ds, _history(RESNET19_LAYERS, True)),
-      "curves": curves.training_curves_figure(_metric_rows()),
+      "membrane_hist_dsatgo": plots.membrane_histograms_figure(_stats("dsatgo", names)),
+      "alphas": plots.alphas_figure(cf, _history(names, False)),
+      "alphas_dsatgo": plots.alphas_figure(ds, _history(names, True)),
   }
+  if not suffix:
+    figs["curves"] = curves.training_curves_figure(_metric_rows())
+  return {k + suffix: v for k, v in figs.items()}
 
 
 def _drawn_tick_labels(axis):
@@ -159,7 +164,7 @@ def _check_layout(name, fig):
 
 @pytest.fixture(scope="module")
 def figures():
-  return _figures()
+  return _figures() | _figures(SMALL_LAYERS, "_small")
 
 
 def test_figures_fit_a_paper(figures, tmp_path):
@@ -167,7 +172,7 @@ def test_figures_fit_a_paper(figures, tmp_path):
     _check_layout(name, fig)
     width_in = fig.get_figwidth()
     assert width_in <= plots.FULL_IN + 1e-6
-    if not name.startswith("membrane_hist"):
+    if not name.startswith("membrane_hist") or name.endswith("_small"):
       assert width_in == pytest.approx(plots.COLUMN_IN), name  # one column wide
     path = plots.save_figure(fig, str(tmp_path), f"{name}.png")
     size = os.path.getsize(path)

@@ -90,7 +90,7 @@ def _layer_ticks(ax, names: list[str], axis: str = "y") -> None:
   if axis == "y":
     ax.set_yticks(idx, labels)
   else:
-    ax.set_xticks(idx, labels, rotation=90)
+    ax.set_xticks(idx, labels, rotation=90 if L > 8 else 0)
 
 
 def _heatmap(fig: Figure, ax, values_LT: np.ndarray, names: list[str], label: str,
@@ -100,7 +100,7 @@ def _heatmap(fig: Figure, ax, values_LT: np.ndarray, names: list[str], label: st
                  extent=(0.5, T + 0.5, L - 0.5, -0.5))
   ax.set_xticks(np.arange(1, T + 1) if T <= 12 else np.linspace(1, T, 6).round())
   ax.set_xlabel("time step $t$")
-  ax.set_ylabel("spiking layer (forward order)")
+  ax.set_ylabel("spiking layer (forward order)" if L >= 8 else "spiking layer")
   _layer_ticks(ax, names)
   cbar = fig.colorbar(im, ax=ax, fraction=0.08, pad=0.02)
   cbar.set_label(label)
@@ -115,7 +115,7 @@ def _heatmap(fig: Figure, ax, values_LT: np.ndarray, names: list[str], label: st
 
 
 def _heatmap_height(num_layers: int) -> float:
-  return min(9.0, 1.1 + 0.16 * num_layers)
+  return min(9.0, max(1.9, 1.1 + 0.16 * num_layers))
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,10 +227,11 @@ def membrane_histograms_figure(stats: spiking_stats.SpikingStats, bins: int = 60
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles.append(matplotlib.lines.Line2D([], [], color="k", ls="--", lw=0.6))
     labels.append(r"threshold $k\theta$ (drawn where in range)")
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False,
+    wide = fig.get_figwidth() >= FULL_IN
+    fig.legend(handles, labels, loc="outside lower center",
+               ncols=len(labels) if wide else min(len(labels), 3), frameon=False,
                handlelength=1.4, fontsize=6.5)
-    fig.suptitle(f"Membrane potential before firing, per spiking layer ({_mode(stats)})",
-                 fontsize=8)
+    fig.suptitle(f"Pre-fire membrane potential per layer ({_mode(stats)})", fontsize=8)
   return fig
 
 
