@@ -1,7 +1,7 @@
 """What the benchmark runs: one config per model, built from ``config_schema.base_config()``.
 
 A *case* is (model, T, remat, dtype, batch, ann). ``case_config(case)`` returns the training
-config the case times through ``train.create_train_state`` / ``train.train_step``; the recipe
+config the case times through ``steps.create_train_state`` / ``steps.make_steps``; the recipe
 fields (loss, optimizer) follow the experiment configs of the same model (``configs/cifar100.py``
 for ResNet-19, ``configs/cifar10_dvs.py`` for VGGSNN, ``configs/cifar10_spikformer.py`` for
 Spikformer) and are restated here so a benchmark does not move when an experiment is retuned.
@@ -41,7 +41,7 @@ BENCH_MODELS: dict[str, dict[str, Any]] = {
     "resnet19": dict(
         info=DatasetInfo("cifar100", 100, (32, 32, 3), static_input=True, synthetic=True),
         model=dict(name="resnet19", residual="standard"),
-        tiny=dict(widths=(8, 8, 16), head_hidden=8),
+        tiny=dict(widths=(8, 8, 16), stage_blocks=(1, 1, 1), head_hidden=8),
         tiny_input=(8, 8, 3),
         loss=dict(name="ce", label_smoothing=0.1),
         optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4)),

@@ -3,9 +3,9 @@
   python -m benchmarks.run                                  # ResNet-19, VGGSNN, Spikformer
   python -m benchmarks.run --models=resnet19 --num_steps=4,8 --batch=8 --remat=none,block \\
       --dtype=float32 --steps=5 --out=/tmp/bench.json
-  python -m benchmarks.run --tiny --steps=2                 # smoke test (seconds)
+  python -m benchmarks.run --tiny                           # smoke test (< 1 minute)
 
-Every case (model, T, remat, dtype) runs ``cfsnn_jax.train.train_step`` exactly as the
+Every case (model, T, remat, dtype) runs ``cfsnn_jax.steps.train_step`` exactly as the
 training loop jits it (see ``benchmarks/measure.py``) on a synthetic batch, in a fresh
 subprocess by default (``--isolate``) so that compilation caches, the process RSS high-water
 mark and the accelerator's peak-memory counter belong to that case alone. Per model the ANN
@@ -45,26 +45,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--models", type=_strs, default=list(BENCH_MODELS),
                  help=f"comma list of {', '.join(BENCH_MODELS)}")
-  p.add_argument("--num_steps", type=_ints, default=[1, 2, 4, 8], help="T values")
+  p.add_argument("--num_steps", type=_ints, default=None,
+                 help="T values (default 1,2,4,8; with --tiny: 2)")
   p.add_argument("--batch", type=int, default=8, help="global batch size")
   p.add_argument("--dtype", type=_strs, default=["float32"], help="float32 and/or bfloat16")
-  p.add_argument("--remat", type=_strs, default=["none", "block"],
-                 help="config.model.remat values (none, neuron, block, block_full)")
-  p.add_argument("--ann_num_steps", type=_ints, default=[1],
-                 help="T values of the ReLU twin (empty: no twin)")
+  p.add_argument("--remat", type=_strs, default=None,
+                 help="config.model.remat values (none, neuron, block, block_full; default "
+                      "none,block; with --tiny: none)")
+  p.add_argument("--ann_num_steps", type=_ints, default=None,
+                 help="T values of the ReLU twin (default 1; with --tiny: none; empty: no twin)")
   p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
   p.add_argument("--repeats", type=int, default=1,
                  help="run the whole case list this many times, round-robin (each case then "
                       "reports the median over repeats of its step-time medians)")
-  p.add_argument("--tiny", action="store_true", help="a few channels per layer (smoke test)")
+  p.add_argument("--tiny", action="store_true",
+                 help="a few channels per layer, T = 2, remat none, no ANN twin, in this "
+                      "process: a smoke test of every model in well under a minute")
   p.add_argument("--xla_flags", default=None,
                  help="XLA_FLAGS for the measured processes (default: inherit)")
   p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                  help="host allocator: 'tuned' keeps freed memory (measure.TUNED_MALLOC), "
                       "'default' is glibc's (re-faults XLA's per-step buffers)")
-  p.add_argument("--no_isolate", dest="isolate", action="store_false",
-                 help="run every case in this process (faster, shared caches and RSS)")
+  p.add_argument("--no_isolate", dest="isolate", action="store_false", default=None,
+                 help="run every case in this process (faster, shared caches and RSS; the "
+                      "default with --tiny)")
+  p.add_argument("--isolate", dest="isolate", action="store_true",
+                 help="one fresh subprocess per case (the default without --tiny)")
   p.add_argument("--timeout", type=float, default=1800, help="seconds per isolated case")
   p.add_argument("--out", default="", help="write every number as JSON here")
   p.add_argument("--suite", choices=("train", "neuron"), default="train",
@@ -75,6 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "achieved fraction per case")
   p.add_argument("--case", default="", help=argparse.SUPPRESS)  # child mode
   args = p.parse_args(argv)
+  if args.num_steps is None:
+    args.num_steps = [2] if args.tiny else [1, 2, 4, 8]
+  if args.remat is None:
+    args.remat = ["none"] if args.tiny else ["none", "block"]
+  if args.ann_num_steps is None:
+    args.ann_num_steps = [] if args.tiny else [1]
+  if args.isolate is None:
+    args.isolate = not args.tiny
   unknown = [m for m in args.models if m not in BENCH_MODELS]
   if unknown:
     p.error(f"unknown model(s) {unknown}; valid choices: {', '.join(BENCH_MODELS)}")

@@ -1,8 +1,10 @@
 """Orbax checkpoints of the whole training state plus the grain iterator state.
 
-Contract: ``make_manager(workdir, keep)`` -> an ``ocp.CheckpointManager`` under
-``workdir/checkpoints`` with two items, ``state`` (parameters, model state, optimizer state,
-step, RNG key data) and ``data`` (the grain iterator's state). Orbax writes each step into a
+Contract: ``open_manager(directory, read_only=..., keep=...)`` is the one place an
+``ocp.CheckpointManager`` is opened (read-write, or read-only: never writes or cleans, for a
+workdir a run may still be writing); ``make_manager(workdir, keep)`` opens
+``workdir/checkpoints`` read-write. Two items, ``state`` (parameters, model state, optimizer
+state, step) and ``data`` (the grain iterator's state). Orbax writes each step into a
 temporary directory and renames it when complete, so an interrupted save never becomes the
 latest checkpoint. ``restore_latest`` returns ``(state, step)``: the restored state placed with
 the shardings of the given template and the iterator moved to the saved position, or the
@@ -21,12 +23,22 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from cfsnn_jax.errors import UserError
+
+
+def open_manager(directory: str, *, read_only: bool, keep: int = 2) -> ocp.CheckpointManager:
+  """The orbax manager over ``directory`` with the items ``state`` and ``data``."""
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=("state", "data"))
+
 
 def make_manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=options, item_names=("state", "data"))
+  return open_manager(os.path.join(workdir, "checkpoints"), read_only=False, keep=keep)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any) -> None:
@@ -69,13 +81,13 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, template: Any) -
   extra = sorted(set(saved) - set(want))
   if missing or extra:
     what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-    raise ValueError(f"{where} does not match this model/config: {what} "
-                     f"({len(missing)} missing, {len(extra)} unexpected entries)")
+    raise UserError(f"{where} does not match this model/config: {what} "
+                    f"({len(missing)} missing, {len(extra)} unexpected entries)")
   for key, (shape, dtype) in sorted(want.items(), key=lambda kv: (not kv[0].startswith("params"),
                                                                   kv[0])):
     if saved[key][0] != shape:
-      raise ValueError(f"{where} does not match this model/config: {key} has shape "
-                       f"{saved[key][0]} in the checkpoint, {shape} in the model")
+      raise UserError(f"{where} does not match this model/config: {key} has shape "
+                      f"{saved[key][0]} in the checkpoint, {shape} in the model")
 
 
 def restore(manager: ocp.CheckpointManager, step: int, template: Any,
@@ -88,22 +100,21 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any,
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except (ValueError, KeyError, TypeError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f"checkpoint step {step} in {manager.directory} does not match this "
-                     f"model/config: {first}") from None
+    raise UserError(f"checkpoint step {step} in {manager.directory} does not match this "
+                    f"model/config: {first}") from None
   return restored["state"]
 
 
 def init_from(other_workdir: str, state: Any) -> Any:
   """``state`` with ``params`` and ``rest`` replaced by those of ``other_workdir``'s latest
-  checkpoint (same model required); optimizer state, step and RNG stay fresh."""
+  checkpoint (same model required); optimizer state and step stay fresh."""
   directory = os.path.abspath(os.path.join(other_workdir, "checkpoints"))
   if not os.path.isdir(directory):
-    raise ValueError(f"init_from: no checkpoints directory {directory}")
-  manager = ocp.CheckpointManager(directory, item_names=("state", "data"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+    raise UserError(f"init_from: no checkpoints directory {directory}")
+  manager = open_manager(directory, read_only=True)
   step = manager.latest_step()
   if step is None:
-    raise ValueError(f"init_from: {directory} holds no finished checkpoint")
+    raise UserError(f"init_from: {directory} holds no finished checkpoint")
   restored = restore(manager, step, state, None)
   manager.close()
   return dict(state, params=restored["params"], rest=restored["rest"])

@@ -38,10 +38,12 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from cfsnn_jax import train
+  from cfsnn_jax import run
+  from cfsnn_jax.data import DataError
+  from cfsnn_jax.errors import UserError
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:  # bad input: one clear line, no traceback
+    run.run(_CONFIG.value, _WORKDIR.value)
+  except (UserError, DataError) as e:  # bad input: one clear line; bugs keep the traceback
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

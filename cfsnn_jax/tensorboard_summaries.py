@@ -17,6 +17,9 @@ nothing on a disabled writer (processes other than 0). What each adds, and its t
 - ``write_figures(step, directory)``: every end-of-run PNG there as an image ``figures/<name>``.
 - ``write_hparams(config, summary)``: the flattened config as hparams (HParams dashboard),
   with the summary's numbers as its metrics (tags ``summary/<name>``), in the same run.
+``write_end_of_run(workdir, config, summary)`` does the last two after the training loop has
+closed its writer (``run.run``, after the report): a second event file in the same
+``tensorboard/`` run directory, which TensorBoard reads as one run.
 """
 
 from __future__ import annotations
@@ -111,3 +114,24 @@ class TensorBoardSummaries:
     writer = self._tb._get_file_writer()
     for s in (exp, ssi, sei):
       writer.add_summary(s)
+
+
+class _EndOfRunWriter(TensorBoardSummaries):
+  def __init__(self, tb):
+    self.enabled, self._tb = True, tb
+
+
+def write_end_of_run(workdir: str | os.PathLike, config: Any, summary: Mapping[str, Any]
+                     ) -> list[str]:
+  """Figures as images and the config as hparams into ``workdir/tensorboard`` (process 0);
+  returns the figure names written. ``summary["steps"]`` is the step they are logged at."""
+  from tensorboardX import SummaryWriter
+  tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"),
+                     filename_suffix=".end_of_run")
+  try:
+    writer = _EndOfRunWriter(tb)
+    names = writer.write_figures(int(summary.get("steps", 0)), workdir)
+    writer.write_hparams(config, summary)
+  finally:
+    tb.close()
+  return names

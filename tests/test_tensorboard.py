@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from cfsnn_jax import neurons, train
+from cfsnn_jax import neurons, run
 from cfsnn_jax.analysis import spiking_stats
 from cfsnn_jax.configs import default as default_config
 from cfsnn_jax.metric_writers import MetricWriter, read_metrics
@@ -51,7 +51,7 @@ def _by_kind(events):
 def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tb"))
   config = default_config.get_config("tiny")
-  summary = train.train_and_evaluate(config, workdir)
+  summary = run.run(config, workdir)  # the loop, its on_eval statistics, the report
   return workdir, config, summary, _by_kind(_events(os.path.join(workdir, "tensorboard")))
 
 
