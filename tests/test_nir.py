@@ -96,19 +96,19 @@ def test_residual_adds_are_edges_into_one_node():
   model, shape = _build("resnet_standard_plif")
   graph = cnir.export_nir(model, shape)
   into = lambda n: sorted(a for a, b in graph.edges if b == n)  # noqa: E731
-  assert into("blocks.0.sn2") == ["blocks.0.conv2", "stem_sn"]  # identity shortcut
-  assert into("blocks.1.sn2") == ["blocks.1.conv2", "blocks.1.down_conv"]
+  assert into("blocks.0.neuron2") == ["blocks.0.conv2", "stem_neuron"]  # identity shortcut
+  assert into("blocks.1.neuron2") == ["blocks.1.conv2", "blocks.1.down_conv"]
   sew, _ = _build("resnet_sew_lif_decay_input")
   g2 = cnir.export_nir(sew, shape)
-  assert sorted(a for a, b in g2.edges if b == "blocks.2.conv1") == ["blocks.1.down_sn",
-                                                                      "blocks.1.sn2"]
+  assert sorted(a for a, b in g2.edges if b == "blocks.2.conv1") == ["blocks.1.down_neuron",
+                                                                      "blocks.1.neuron2"]
 
 
 def test_neuron_parameters_follow_the_documented_discretisation():
   model, shape = _build("resnet_standard_plif")
   graph = cnir.export_nir(model, shape)
-  lif = graph.nodes["stem_sn"]
-  lam = float(model.stem_sn.decay())
+  lif = graph.nodes["stem_neuron"]
+  lam = float(model.stem_neuron.decay())
   np.testing.assert_allclose(lif.tau, 1.0 / (1.0 - lam), rtol=1e-6)  # dt = 1
   np.testing.assert_allclose(lif.r, lif.tau, rtol=1e-6)  # c = 1: r = tau / dt
   np.testing.assert_allclose(lif.v_threshold, 0.5)
@@ -118,7 +118,7 @@ def test_neuron_parameters_follow_the_documented_discretisation():
   node = cnir.export_nir(mlp, mshape).nodes["neurons.0"]
   assert isinstance(node, nir.IF) and np.allclose(node.r, 1.0)
   dec, dshape = _build("resnet_sew_lif_decay_input")
-  node = cnir.export_nir(dec, dshape).nodes["stem_sn"]
+  node = cnir.export_nir(dec, dshape).nodes["stem_neuron"]
   np.testing.assert_allclose(node.r, 1.0, rtol=1e-6)  # decay_input: c = 1 - lambda
 
 

@@ -23,8 +23,9 @@ from cfsnn_jax import neurons
 from cfsnn_jax.analysis import curves, plots, spiking_stats
 
 T = 4
-RESNET19_LAYERS = (["stem_sn"] + [f"blocks.{b}.{n}" for b in range(8) for n in ("sn1", "sn2")]
-                   + ["blocks.3.down_sn", "blocks.6.down_sn", "fc_sn"])  # SEW-ADD: 20 layers
+RESNET19_LAYERS = (["stem_neuron"]  # SEW-ADD ResNet-19's 20 spiking layers
+                   + [f"blocks.{b}.neuron{n}" for b in range(8) for n in (1, 2)]
+                   + ["blocks.3.down_neuron", "blocks.6.down_neuron", "fc_neuron"])
 MIN_BYTES, MAX_BYTES = 20_000, 1_500_000
 
 

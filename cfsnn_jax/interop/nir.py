@@ -259,28 +259,28 @@ def _export_resnet(model, ex: _Exporter, input_shape):
                     "max-pooling primitive (only AvgPool2d / SumPool2d)")
   x, chw = _input(ex, input_shape)
   x, chw = ex.conv("stem_conv", model.stem_conv, model.stem_bn, x, chw)
-  x = ex.neuron("stem_sn", model.stem_sn, x, chw)
+  x = ex.neuron("stem_neuron", model.stem_neuron, x, chw)
   for b, block in enumerate(model.blocks):
     p = f"blocks.{b}"
     y, ychw = ex.conv(f"{p}.conv1", block.conv1, block.bn1, x, chw)
-    y = ex.neuron(f"{p}.sn1", block.sn1, y, ychw)
+    y = ex.neuron(f"{p}.neuron1", block.neuron1, y, ychw)
     y, ychw = ex.conv(f"{p}.conv2", block.conv2, block.bn2, y, ychw)
     shortcut = x
     if block.down_conv is not None:
       shortcut, _ = ex.conv(f"{p}.down_conv", block.down_conv, block.down_bn, x, chw)
     if block.residual == "standard":  # neuron(BN(conv2) + shortcut): two edges into sn2
-      x = ex.neuron(f"{p}.sn2", block.sn2, y + shortcut, ychw)
+      x = ex.neuron(f"{p}.neuron2", block.neuron2, y + shortcut, ychw)
     else:  # sew_add: neuron(BN(conv2)) + shortcut: the sum is the pair of sources
-      y = ex.neuron(f"{p}.sn2", block.sn2, y, ychw)
-      if block.down_sn is not None:
-        shortcut = ex.neuron(f"{p}.down_sn", block.down_sn, shortcut, ychw)
+      y = ex.neuron(f"{p}.neuron2", block.neuron2, y, ychw)
+      if block.down_neuron is not None:
+        shortcut = ex.neuron(f"{p}.down_neuron", block.down_neuron, shortcut, ychw)
       x = y + shortcut
     chw = ychw
   x, chw = ex.avg_pool("global_pool", x, chw, (chw[1], chw[2]))
   x, shape = ex.flatten("flatten", x, chw)
   if model.fc is not None:
     x, shape = ex.affine("fc", model.fc, None, x)
-    x = ex.neuron("fc_sn", model.fc_sn, x, shape)
+    x = ex.neuron("fc_neuron", model.fc_neuron, x, shape)
   return ex.affine("head", model.head, None, x)
 
 
