@@ -82,7 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 20  # train metrics to JSONL / TensorBoard
   c.eval_every_steps = 0  # 0: evaluate once per epoch
   c.checkpoint_every_steps = 0  # 0: checkpoint once per epoch (and always at the end)
-  c.keep_checkpoints = 2  # orbax max_to_keep
+  c.checkpoint_every_seconds = 0.0  # also checkpoint when this long since the last (0: off)
+  c.keep_checkpoints = 2  # orbax max_to_keep (>= 1)
   c.progress_bar = True  # tqdm progress bar on process 0
   c.compute_dtype = "float32"  # float32 | bfloat16 (mixed precision: float32 parameters)
   c.init_from = ""  # workdir of another run: fine-tune from its latest parameters
@@ -119,8 +120,22 @@ def validate_config(config: Any) -> None:
   _check("compute_dtype", config.compute_dtype, choices.COMPUTE_DTYPES)
   if config.batch_size < 1:
     raise UserError(f"batch_size must be >= 1, got {config.batch_size}")
+  if config.keep_checkpoints < 1:
+    raise UserError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+  _reject_non_finite(config.to_dict())
 
 
 def _check(what: str, value: Any, valid: tuple) -> None:
   if value not in valid:
     raise unknown_choice(what, value, valid)
+
+
+def _reject_non_finite(tree: Any, prefix: str = "") -> None:
+  """NaN / inf in any float field is an error (naming the first such field)."""
+  import math
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      _reject_non_finite(value, f"{name}.")
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f"config.{name} must be a finite number, got {value}")

@@ -17,9 +17,8 @@ nothing on a disabled writer (processes other than 0). What each adds, and its t
 - ``write_figures(step, directory)``: every end-of-run PNG there as an image ``figures/<name>``.
 - ``write_hparams(config, summary)``: the flattened config as hparams (HParams dashboard),
   with the summary's numbers as its metrics (tags ``summary/<name>``), in the same run.
-``write_end_of_run(workdir, config, summary)`` does the last two after the training loop has
-closed its writer (``run.run``, after the report): a second event file in the same
-``tensorboard/`` run directory, which TensorBoard reads as one run.
+``write_figures_run(workdir, figures_dir, step)`` writes the figures from ``run.run``'s report
+(a second event file in the same ``tensorboard/`` run directory: TensorBoard shows one run).
 """
 
 from __future__ import annotations
@@ -116,22 +115,20 @@ class TensorBoardSummaries:
       writer.add_summary(s)
 
 
-class _EndOfRunWriter(TensorBoardSummaries):
+class _FiguresWriter(TensorBoardSummaries):
   def __init__(self, tb):
     self.enabled, self._tb = True, tb
 
 
-def write_end_of_run(workdir: str | os.PathLike, config: Any, summary: Mapping[str, Any]
-                     ) -> list[str]:
-  """Figures as images and the config as hparams into ``workdir/tensorboard`` (process 0);
-  returns the figure names written. ``summary["steps"]`` is the step they are logged at."""
+def write_figures_run(workdir: str | os.PathLike, figures_dir: str | os.PathLike,
+                      step: int) -> list[str]:
+  """The end-of-run PNGs in ``figures_dir`` as images into ``workdir/tensorboard`` through a
+  second event file of the same run (the loop's writer has its own); process 0 only (after
+  ``MetricWriter`` registered the object-store backends). Returns the names written."""
   from tensorboardX import SummaryWriter
   tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"),
-                     filename_suffix=".end_of_run")
+                     filename_suffix=".figures")
   try:
-    writer = _EndOfRunWriter(tb)
-    names = writer.write_figures(int(summary.get("steps", 0)), workdir)
-    writer.write_hparams(config, summary)
+    return _FiguresWriter(tb).write_figures(int(step), figures_dir)
   finally:
     tb.close()
-  return names

@@ -22,9 +22,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOT_UTF8 = b"caf\xe9 \xff\xfe\n"  # Latin-1 bytes: not UTF-8
 
 
-def fixture_copy(name, tmp_path):
+def fixture_copy(name, tmp_path, layout="auto"):
   """A private copy of the dataset's fixture and the data overrides it needs."""
-  src, overrides = fixtures.materialize(name)
+  if layout == "aedat4":
+    pytest.importorskip("dv_processing")
+    pytest.importorskip("aedat")
+  src, overrides = fixtures.materialize(name, layout=layout)
   dst = tmp_path / name
   shutil.copytree(src, dst, ignore=shutil.ignore_patterns("frames_cache"))
   return dst, overrides
@@ -115,6 +118,33 @@ CASES = {
                           ["dev.tsv", "not UTF-8"]),
     "sst5-trees-encoding": ("sst5", lambda r: r / "trees" / "train.txt", prepend_not_utf8,
                             None, ["train.txt", "not UTF-8"]),
+    # the other layouts of the event datasets and Tiny-ImageNet
+    "cifar10_dvs:aedat4-truncated": ("cifar10_dvs:aedat4", lambda r: r / "CIFAR10DVS" / "cat" /
+                                     "cifar10_cat_1.aedat4", lambda p: truncate(p, 0.6), True,
+                                     ["cifar10_cat_1.aedat4", "AEDAT4"]),
+    "cifar10_dvs:aedat4-header": ("cifar10_dvs:aedat4", lambda r: r / "CIFAR10DVS" / "cat" /
+                                  "cifar10_cat_2.aedat4", garble_start, True,
+                                  ["cifar10_cat_2.aedat4", "#!AER-DAT4.0"]),
+    "cifar10_dvs:events_np-truncated": ("cifar10_dvs:events_np", lambda r: r / "events_np" /
+                                        "ship" / "cifar10_ship_0.npz", truncate, True,
+                                        ["cifar10_ship_0.npz", "BadZipFile"]),
+    "cifar10_dvs:frames-truncated": ("cifar10_dvs:frames", lambda r: r /
+                                     "frames_number_4_split_by_number" / "ship" /
+                                     "cifar10_ship_1.npz", truncate, True,
+                                     ["cifar10_ship_1.npz", "BadZipFile"]),
+    "gesture:tonic-truncated": ("dvs_gesture:tonic", lambda r: r / "DVSGesture" /
+                                "ibmGestureTrain" / "user02_fluorescent" / "5.npy",
+                                lambda p: truncate(p, 0.7), True, ["5.npy", "array"]),
+    "gesture:events_np-truncated": ("dvs_gesture:events_np", lambda r: first(
+        r, "events_np", "test", "8"), truncate, True, ["events_np", "BadZipFile"]),
+    "evtouch:tactilesgnet-truncated": ("evtouch:tactilesgnet", lambda r: r / "Ev-Objects" /
+                                       "test" / "sample_3_label_3.npy",
+                                       lambda p: truncate(p, 0.5), True,
+                                       ["sample_3_label_3.npy", "array"]),
+    "tiny:val_folders-jpeg-truncated": ("tiny_imagenet:val_folders", lambda r: r /
+                                        "tiny-imagenet-200" / "val" / "n01629819" / "images" /
+                                        "val_1.JPEG", lambda p: truncate(p, 0.6), True,
+                                        ["val_1.JPEG", "64x64 JPEG"]),
 }
 
 
@@ -136,11 +166,13 @@ def test_every_damaged_file_is_one_line_naming_it(case, tmp_path, monkeypatch):
   """header=None: found while listing (load time); True: by the header pass, and without
   it when decoded; False: only when decoded (the header and size are intact)."""
   name, target, damage, header, fragments = CASES[case]
-  root, overrides = fixture_copy(name, tmp_path)
+  name, _, layout = name.partition(":")
+  root, overrides = fixture_copy(name, tmp_path, layout or "auto")
   path = target(root)
   damage(str(path))
+  num_steps = 4 if layout == "frames" else 2
   for verify_on in ((True, False) if header is not None else (True,)):
-    cfg = make_config(name, root, cache=False, verify=verify_on, **overrides) \
+    cfg = make_config(name, root, num_steps, cache=False, verify=verify_on, **overrides) \
         if name in data.RECORDED_EVENT_DATASETS else \
         make_config(name, root, verify=verify_on, **overrides)
     decoded = []
@@ -242,17 +274,8 @@ def test_cli_names_the_damaged_recording(workers, verify_on, tmp_path):
   assert_cli_error(proc, [str(bad), "truncated", "multiple of 8"])
 
 
-@pytest.mark.parametrize("name,config,workers", [("evtouch", "evtouch", 0),
-                                                 ("sst5", "sst5", 0)])
-def test_cli_names_the_damaged_file(name, config, workers, tmp_path):
-  root, _ = fixture_copy(name, tmp_path)
-  if name == "evtouch":  # found when decoded (header pass off)
-    bad, fragments = root / "events" / "s03.npz", ["BadZipFile"]
-    truncate(str(bad))
-    extra = ["--config.data.verify=False"]
-  else:
-    bad, fragments = root / "trees" / "test.txt", ["not UTF-8"]
-    prepend_not_utf8(str(bad))
-    extra = []
-  proc = run_cli(config, root, workers, *extra)
-  assert_cli_error(proc, [str(bad)] + fragments)
+def test_cli_names_a_text_file_that_is_not_utf8(tmp_path):
+  root, _ = fixture_copy("sst5", tmp_path)
+  bad = root / "trees" / "test.txt"
+  prepend_not_utf8(str(bad))
+  assert_cli_error(run_cli("sst5", root, 0), [str(bad), "not UTF-8"])

@@ -117,8 +117,13 @@ def test_incompatible_checkpoint_fails_with_one_line(tmp_workdir):
   config = default_config.get_config("tiny")
   train.train_and_evaluate(config, tmp_workdir)
   config.model.hidden = (16,)
+  with pytest.raises(ValueError, match="holds another run: model.hidden") as e:
+    train.train_and_evaluate(config, tmp_workdir)  # refused from config.json, before writing
+  assert "\n" not in str(e.value)
+  info = data.load_dataset(config).info
+  _, _, state, _, _ = steps.create_train_state(config, info, 6)
   with pytest.raises(ValueError, match="does not match this model/config") as e:
-    train.train_and_evaluate(config, tmp_workdir)
+    checkpointing.restore_latest(checkpointing.make_manager(tmp_workdir), state, None)
   assert "\n" not in str(e.value)
 
 

@@ -146,7 +146,8 @@ def check_aedat31(path: str) -> None:
       (_, _, esize, _, _, capacity, number, _) = _PACKET_HEADER.unpack(
           f.read(_PACKET_HEADER.size))
       length = capacity * esize
-      if esize < 0 or capacity < 0 or number > capacity or size - pos - _PACKET_HEADER.size < length:
+      left = size - pos - _PACKET_HEADER.size
+      if esize < 0 or capacity < 0 or number > capacity or left < length:
         raise DataError(path, f"truncated or corrupt packet at byte {pos}: expected {length} "
-                        f"event bytes, {size - pos - _PACKET_HEADER.size} left")
+                        f"event bytes, {left} left")
       pos += _PACKET_HEADER.size + length

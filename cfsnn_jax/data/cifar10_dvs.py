@@ -4,7 +4,7 @@ Contract: ``load_cifar10_dvs(config)`` -> ``DatasetSplits`` of ``{"image": float
 2], "label": int32}`` with ``T = config.num_steps`` and ``(H, W) = config.data.frame_size``
 (default 48x48); ``DatasetInfo(static_input=False, input_shape=(H, W, 2))``. Classes in the
 CIFAR-10 order below (label = position); recording ``n`` of a class is the file whose stem
-ends in ``_<n>``. Layouts (``config.data.layout``; ``auto`` takes the first one present, in
+is ``<n>`` or ends in ``_<n>``. Layouts (``config.data.layout``; ``auto`` takes the first one present, in
 this order), under ``config.data_dir``:
 
 - ``aedat``: the original release, ``[CIFAR10-DVS/]<class>/cifar10_<class>_<n>.aedat``
@@ -123,7 +123,7 @@ def find_layout(data_dir: str, layout: str, num_frames: int, split_by: str
 
 def recording_files(root: str, layout: str) -> dict[str, dict[int, str]]:
   """``{class: {recording number: path}}`` of a layout's class folders."""
-  pattern = re.compile(r"_(\d+)" + re.escape(_EXT[layout]) + "$")
+  pattern = re.compile(r"(?:^|_)(\d+)" + re.escape(_EXT[layout]) + "$")  # *_<n> or <n>
   out = {}
   for c in CLASSES:
     folder = require_path(os.path.join(root, c), f"the class folder {c}/ of the {layout} "
@@ -135,12 +135,6 @@ def recording_files(root: str, layout: str) -> dict[str, dict[int, str]]:
         files[int(m.group(1))] = os.path.join(folder, name)
     out[c] = files
   return out
-
-
-def decode_recording(path: str, num_frames: int) -> np.ndarray:
-  """``float32 [T, 128, 128, 2]`` event counts of one AEDAT 2.0 recording."""
-  return events.events_to_frames(read_events("aedat", path), num_frames, SENSOR_SIZE,
-                                 SENSOR_SIZE)
 
 
 def read_events(layout: str, path: str) -> events.Events:

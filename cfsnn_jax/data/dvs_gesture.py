@@ -74,15 +74,6 @@ def find_layout(data_dir: str, layout: str, num_frames: int, split_by: str
                   f"found; expected one of: {_TREES}")
 
 
-def find_root(data_dir: str) -> str:
-  """The root of the original layout (trials_to_train.txt)."""
-  nested = os.path.join(data_dir, "DvsGesture")
-  root = nested if os.path.isdir(nested) else data_dir
-  require_path(os.path.join(root, "trials_to_train.txt"),
-               "DvsGesture/trials_to_train.txt (the original DVS128 Gesture layout)")
-  return root
-
-
 def read_trial_list(path: str) -> list[str]:
   text = read_text(path, "the official trial list (one <trial>.aedat per line)")
   return [line.strip() for line in text.splitlines() if line.strip()]

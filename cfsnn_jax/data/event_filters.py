@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cfsnn_jax.data.events import Events
+# ``Events`` in annotations is ``cfsnn_jax.data.events.Events``; not imported, because
+# events.py imports this module (results are built with ``type(ev)(...)``).
 
 
 def _pixel(ev: Events, sensor: tuple[int, int]) -> np.ndarray:
@@ -71,5 +72,5 @@ def time_jitter(ev: Events, std_us: float, rng: np.random.Generator) -> Events:
     return ev
   t = np.asarray(ev.t, np.int64) + np.rint(rng.normal(0.0, std_us, len(ev))).astype(np.int64)
   order = np.argsort(t, kind="stable")
-  return Events(t[order], np.asarray(ev.x)[order], np.asarray(ev.y)[order],
+  return type(ev)(t[order], np.asarray(ev.x)[order], np.asarray(ev.y)[order],
                 np.asarray(ev.p)[order])

@@ -1,4 +1,4 @@
-"""Events -> T frames, the on-disk frame cache, and the lazy frame source of event datasets.
+"""Events -> T frames, the content-keyed frame cache, and the lazy source of event datasets.
 
 Contract:
 - ``Events(t, x, y, p)``: aligned 1-D arrays in stream (time) order; ``t`` in microseconds,
@@ -11,17 +11,25 @@ Contract:
 - ``resize_frames(frames_THWC, (h, w))``: antialiased bilinear resize of every (frame,
   channel) plane in float32 (PIL ``BILINEAR``, as torchvision's ``Resize``); identity when the
   size already matches.
-- ``FrameCache(dir)``: one ``.npy`` per sample key; a write goes to a temporary file in the
-  same directory that is renamed over the final name (``os.replace``), so a reader never sees
-  a half-written file, whatever the number of threads or processes writing.
-- ``EventFrameSource(samples, decode_group, cache)``: a random-access source of
-  ``{"image": float32 [T, H, W, 2], "label": int32}``. A sample is ``(group, key, label)``;
-  on a cache miss ``decode_group(group)`` returns the frames of every sample of that group
-  (one recording file may hold several samples) and all of them are cached, so each file is
-  decoded once.
+- ``FrameSpec(num_frames, sensor, size, denoise_us, refractory_us)``: how a sample becomes
+  frames (filters of ``event_filters``, then the binning, then the resize; pre-binned
+  frames are only resized). Its ``settings()`` enter the cache key.
+- ``content_key(paths, sample, spec)``: SHA-256 of every source file's absolute path, size
+  and mtime, the sample's id inside them and the spec: two sources never share a key; a
+  replaced source or a changed setting gets a new one.
+- ``FrameCache(dir)``: one ``<key[:2]>/<key>.npy`` per sample; a write goes to a temporary
+  file in the same directory that is renamed over the final name (``os.replace``), so a
+  reader never sees a half-written file, whatever the number of threads or processes.
+- ``EventFrameSource(samples, decode_group, spec, cache, events_mode)``: a random-access
+  source of ``{"image": float32 [T, h, w, 2], "label": int32}`` over ``Sample(group,
+  sample_id, label, key, name)``s; on a cache miss ``decode_group(group)`` returns the
+  events (or pre-binned frames) of every sample of that group (one recording file may hold
+  several samples) and all of them are cached, so each file is decoded once. With
+  ``events_mode`` it returns the filtered events ``{"t", "x", "y", "p", "label"}`` instead
+  (training with time jitter; ``augment.EventAugment`` bins them per example).
 - ``read_event_array(path)``: the generic event-array format (``.npz`` with arrays ``t``,
   ``p`` and ``x``/``y`` or ``taxel``; or a ``.csv`` with those columns) as ``Events``
-  sorted by time (stable).
+  sorted by time (stable); ``check_event_array`` its header-only check.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from cfsnn_jax.data import event_filters
 from cfsnn_jax.data.sources import DataError, decoding, read_text, require_path
 
 CACHE_FORMAT_VERSION = 2  # bump when the binning / resize rule or the key changes
@@ -127,7 +136,6 @@ class FrameSpec:
     return {"rule": f"count-v{CACHE_FORMAT_VERSION}", **dataclasses.asdict(self)}
 
   def filter(self, ev: Events) -> Events:
-    from cfsnn_jax.data import event_filters
     if self.refractory_us:
       ev = event_filters.refractory(ev, self.refractory_us, self.sensor)
     if self.denoise_us:

@@ -42,7 +42,6 @@ def _image(c: ml_collections.ConfigDict, *, mean, std, autoaugment: bool,
 
 def _events(c: ml_collections.ConfigDict, *, frame_size, flip: bool, max_shift: int) -> None:
   _verify(c)
-  c.layout = "auto"  # on-disk layout: auto (detected) or one of docs/DATA.md's names
   c.frame_size = frame_size  # (H, W) of the frames after resizing (sensor size: no resize)
   c.cache = True  # cache the binned frames on disk (preprocessing runs once)
   c.cache_dir = ""  # where the frame cache goes ("" = <data_dir>/frames_cache)
@@ -87,13 +86,16 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
            cutout_length=32)
     c.layout = "auto"  # auto | original (val/images + val_annotations.txt) | val_folders
   elif name == "cifar10_dvs":
+    c.layout = "auto"  # on-disk layout: auto (detected) | aedat | aedat4 | events_np | frames
     _events(c, frame_size=(48, 48), **EVENT_RECIPES["tet"])
     c.split_file = ""  # JSON split index ("" = the published data/splits/cifar10_dvs_split.json)
     c.sj_split_by = "number"  # SpikingJelly frames layout: frames_number_<T>_split_by_<this>
   elif name == "dvs_gesture":
+    c.layout = "auto"  # on-disk layout: auto (detected) | aedat | tonic | events_np | frames
     _events(c, frame_size=(128, 128), flip=False, max_shift=0)
     c.sj_split_by = "number"  # SpikingJelly frames layout: frames_number_<T>_split_by_<this>
   elif name == "evtouch":
+    c.layout = "auto"  # on-disk layout: auto (detected) | index | tactilesgnet
     _events(c, frame_size=(39, 1), flip=False, max_shift=0)
     c.index_file = "samples.csv"  # CSV (file,label,split) under data_dir listing the samples
     c.num_taxels = 39  # sensor rows: taxel ids are 0..num_taxels-1

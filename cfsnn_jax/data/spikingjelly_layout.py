@@ -34,6 +34,9 @@ def frames_folder(num_frames: int, split_by: str) -> str:
 
 
 def find_frames_folder(root: str, num_frames: int, split_by: str) -> str:
+  if split_by not in SPLIT_BY:
+    from cfsnn_jax.errors import unknown_choice
+    raise unknown_choice("data.sj_split_by", split_by, SPLIT_BY)
   path = os.path.join(root, frames_folder(num_frames, split_by))
   if os.path.isdir(path):
     return path
