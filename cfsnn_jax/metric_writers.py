@@ -81,8 +81,10 @@ def _register_tensorboard_backends() -> None:
   for scheme in ("gs", "s3", "az", "hf"):
     record_writer.register_writer_factory(scheme, _EpathWriterFactory())
 
+from cfsnn_jax.tensorboard_summaries import TensorBoardSummaries
 
-class MetricWriter:
+
+class MetricWriter(TensorBoardSummaries):  # + learning rate, per-layer stats, figures, hparams
 
   def __init__(self, workdir: str | os.PathLike, enabled: bool = True, start_step: int = 0):
     self.enabled = enabled

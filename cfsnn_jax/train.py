@@ -27,7 +27,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import checkpointing, config_schema, data, layers, run_guard, run_paths, steps
+from cfsnn_jax import checkpointing, config_schema, data, layers, optim, run_guard, run_paths
+from cfsnn_jax import steps
 from cfsnn_jax import workdir as workdir_lib
 from cfsnn_jax.data import pipeline
 from cfsnn_jax.errors import UserError
@@ -57,11 +58,14 @@ def evaluate(state: State, eval_fn, batches: pipeline.EvalBatches, to_global) ->
 
 
 def train_and_evaluate(config: Any, workdir: str, *,
-                       end_of_run: Callable[[dict, str], dict] | None = None) -> dict:
+                       end_of_run: Callable[[dict, str], dict] | None = None,
+                       on_eval: Callable | None = None) -> dict:
   """Runs (or resumes) the run of ``config`` in ``workdir``; README "Runs and workdirs".
 
   ``end_of_run(summary, local_dir) -> extra summary fields`` (process 0, e.g. ``run.run``'s
   report) runs under the workdir lock before ``summary.json``, the finished marker, is written.
+  ``on_eval(step, eval_model, eval_batches, writer)`` runs on process 0 after every evaluation
+  (``run.run`` passes the per-layer TensorBoard statistics of ``analysis.report``).
   """
   config_schema.validate_config(config)
   is_writer = jax.process_index() == 0
@@ -84,14 +88,15 @@ def train_and_evaluate(config: Any, workdir: str, *,
     if is_writer:
       workdir_lib.write_description(root, description, status)
     with run_guard.StopSignals() as signals:
-      return _train(config, root, description, signals, end_of_run)
+      return _train(config, root, description, signals, end_of_run, on_eval)
   finally:
     if lock is not None:
       lock.release()
 
 
 def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSignals,
-           end_of_run: Callable[[dict, str], dict] | None) -> dict:
+           end_of_run: Callable[[dict, str], dict] | None,
+           on_eval: Callable | None = None) -> dict:
   is_writer = jax.process_index() == 0
   num_devices = jax.device_count()
   try:
@@ -129,6 +134,7 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
                  **saved.get("history", {}))
 
   writer = MetricWriter(root, enabled=is_writer, start_step=start_step)
+  writer.track_learning_rate(optim.learning_rate_schedule(config.optimizer, total_steps))
   if is_writer:
     print(f"cfsnn_jax: {config.model.name} on {info.name} ({len(splits.train)} train / "
           f"{len(splits.test)} test), {num_params:,} parameters, T={config.num_steps}, "
@@ -189,6 +195,9 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
               nnx.merge(eval_graphdef, state["params"], state["rest"]))
           if scalars:
             writer.write(done, "neurons", scalars)
+        if is_writer and on_eval is not None:  # e.g. per-layer rates, potential histograms
+          on_eval(done, nnx.merge(eval_graphdef, state["params"], state["rest"]),
+                  eval_batches, writer)
         bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
         t_start = time.perf_counter()
       due_time = ckpt_seconds > 0 and time.perf_counter() - t_saved >= ckpt_seconds
@@ -225,6 +234,7 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
       summary.update(end_of_run(dict(summary, state=state, eval_graphdef=eval_graphdef,
                                      eval_batches=eval_batches), local))
   writer.write(total_steps, "summary", summary)
+  writer.write_hparams(config, summary)  # the config as TensorBoard hparams
   writer.close()
   if is_writer:  # written last: its presence marks the workdir finished
     run_paths.write_text_atomic(root / workdir_lib.SUMMARY_FILE,
@@ -240,4 +250,5 @@ def _log_train(writer: MetricWriter, bar, step: int, metrics: dict, every: int,
   if force or step % max(every, 1) == 0:
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
     writer.write(step, "train", host)
+    writer.write_learning_rate(step)
     bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['accuracy']:.3f}")
