@@ -285,6 +285,8 @@ def test_train_and_eval_steps_compile_once_across_steps_and_epochs():
       compiles.append(name)
 
   jax.monitoring.register_event_duration_secs_listener(listener)
+  cache_was = jax.config.jax_enable_compilation_cache  # a persistent-cache hit compiles nothing
+  jax.config.update("jax_enable_compilation_cache", False)
   try:
     state, _ = p_train(state, batches[0])  # first compilations
     jax.block_until_ready(p_eval(state, batches[0]))
@@ -297,6 +299,7 @@ def test_train_and_eval_steps_compile_once_across_steps_and_epochs():
         jax.block_until_ready(p_eval(state, b))
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+    jax.config.update("jax_enable_compilation_cache", cache_was)
   assert first >= 2  # the listener sees compilations at all
   assert len(compiles) == first, f"{len(compiles) - first} recompilation(s)"
   assert p_train._cache_size() == 1 and p_eval._cache_size() == 1
