@@ -26,8 +26,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.cases import BENCH_MODELS, Case
-from benchmarks.measure import TUNED_MALLOC
+from benchmarks.cases import BENCH_MODELS, DEFAULT_MODELS, Case
 
 _RESULT = "BENCHMARK_RESULT "
 
@@ -43,7 +42,7 @@ def _strs(s: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--models", type=_strs, default=list(BENCH_MODELS),
+  p.add_argument("--models", type=_strs, default=list(DEFAULT_MODELS),
                  help=f"comma list of {', '.join(BENCH_MODELS)}")
   p.add_argument("--num_steps", type=_ints, default=None,
                  help="T values (default 1,2,4,8; with --tiny: 2)")
@@ -64,9 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "process: a smoke test of every model in well under a minute")
   p.add_argument("--xla_flags", default=None,
                  help="XLA_FLAGS for the measured processes (default: inherit)")
-  p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                 help="host allocator: 'tuned' keeps freed memory (measure.TUNED_MALLOC), "
-                      "'default' is glibc's (re-faults XLA's per-step buffers)")
+  p.add_argument("--cpu_tuning", choices=("auto", "on", "off"), default="auto",
+                 help="cfsnn_jax.xla_cpu settings (XLA:CPU flags + allocator), exactly as "
+                      "python -m cfsnn_jax.main applies them: auto = on for CPU runs")
   p.add_argument("--no_isolate", dest="isolate", action="store_false", default=None,
                  help="run every case in this process (faster, shared caches and RSS; the "
                       "default with --tiny)")
@@ -112,10 +111,7 @@ def _run_isolated(case: Case, args: argparse.Namespace) -> dict[str, Any]:
   env = dict(os.environ)
   if args.xla_flags is not None:
     env["XLA_FLAGS"] = args.xla_flags
-  if args.malloc == "tuned":
-    env["GLIBC_TUNABLES"] = TUNED_MALLOC
-  else:
-    env.pop("GLIBC_TUNABLES", None)
+  _tuning_env(env, args.cpu_tuning)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
   cmd = [sys.executable, "-m", "benchmarks.run", "--case", json.dumps(dataclasses.asdict(case)),
@@ -135,7 +131,17 @@ def _run_isolated(case: Case, args: argparse.Namespace) -> dict[str, Any]:
   return {"error": " | ".join(tail) or f"exit code {r.returncode}"}
 
 
+def _tuning_env(env: dict, mode: str) -> None:
+  """``--cpu_tuning``: on / off set ``CFSNN_CPU_TUNING``; auto leaves the environment (and
+  so ``xla_cpu.apply``'s own decision) alone."""
+  from cfsnn_jax import xla_cpu
+  if mode != "auto":
+    env[xla_cpu.ENV_SWITCH] = "1" if mode == "on" else "0"
+
+
 def _child(args: argparse.Namespace) -> None:
+  from cfsnn_jax import xla_cpu
+  xla_cpu.apply()  # before jax starts, as the CLI does (the parent set the switch)
   from benchmarks.measure import run_case
   case = Case(**json.loads(args.case))
   print(_RESULT + json.dumps(run_case(case, steps=args.steps, warmup=args.warmup)), flush=True)
@@ -252,21 +258,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if args.case:
     _child(args)
     return {}
-  from benchmarks.measure import machine, run_case, tune_malloc
-  if not args.isolate:
-    if args.xla_flags is not None:
-      os.environ["XLA_FLAGS"] = args.xla_flags  # before jax initialises its backend
-    if args.malloc == "tuned":
-      tune_malloc()
-  mach = machine()
+  from cfsnn_jax import xla_cpu
   if args.xla_flags is not None:
-    mach["xla_flags"] = args.xla_flags
-  mach["malloc"] = args.malloc
+    os.environ["XLA_FLAGS"] = args.xla_flags  # before jax initialises its backend
+  _tuning_env(os.environ, args.cpu_tuning)
+  tuning = xla_cpu.apply()  # this process (in-process cases, and what the report says)
+  from benchmarks.measure import machine, run_case
+  mach = machine()
+  mach["cpu_tuning"] = tuning
+  mach["loadavg_start"] = os.getloadavg()
   print(f"machine: {mach['cpu']}, {mach['cpu_cores']} cores; jax {mach['jax']} "
         f"(jaxlib {mach['jaxlib']}), flax {mach['flax']}; {mach['num_devices']} x "
         f"{mach['device_kind']} [{mach['platform']}]; XLA_FLAGS={mach['xla_flags']!r}; "
-        f"malloc={args.malloc}",
-        flush=True)
+        f"cpu tuning: {tuning}; load average {mach['loadavg_start']}", flush=True)
   if args.suite == "neuron":
     from benchmarks.measure import neuron_suite
     rows = neuron_suite(args.num_steps, args.batch)
