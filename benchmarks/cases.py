@@ -61,6 +61,18 @@ BENCH_MODELS: dict[str, dict[str, Any]] = {
         loss=dict(name="ce", label_smoothing=0.0),
         optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
                        schedule="constant")),
+    # TET's VGGSNN with the same neuron / loss / optimizer as resnet19_tet (peers benchmark).
+    "vggsnn_tet": dict(
+        info=DatasetInfo("cifar10_dvs", 10, (48, 48, 2), static_input=False, synthetic=True),
+        model=dict(name="vggsnn"),
+        neuron=dict(name="lif", tau=2.0, reset="hard", decay_input=True, surrogate="sigmoid",
+                    alpha=4.0, surrogate_mode="fixed"),
+        pn_weight=0.0,
+        tiny=dict(layout=(8, 8, "A", 8, 8, "A", 8, 8, "A", 8, 8, "A")),
+        tiny_input=(16, 16, 2),
+        loss=dict(name="ce", label_smoothing=0.0),
+        optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                       schedule="constant")),
     "vggsnn": dict(
         info=DatasetInfo("cifar10_dvs", 10, (48, 48, 2), static_input=False, synthetic=True),
         model=dict(name="vggsnn"),
