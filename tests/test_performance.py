@@ -385,3 +385,23 @@ def test_device_check_covers_the_accelerator_cases_and_runs_on_cpu(tmp_path):
   assert res["case"]["model"] == "vggsnn" and res["step_s_median"] > 0 and res["finite"]
   assert report["machine"]["cpu_tuning"]["enabled"]  # the CLI's CPU settings, reported
   assert "| vggsnn-tiny SNN T=2" in r.stdout
+
+
+def test_op_profile_classifies_the_three_convolutions_of_a_gradient():
+  """benchmarks.op_profile's op classes (the per-class before/after table of
+  docs/PERFORMANCE.md) tell forward, input-gradient and weight-gradient convs apart, by
+  library."""
+  from benchmarks.op_profile import classify
+  from cfsnn_jax import xla_cpu
+  x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
+
+  def loss(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(y))
+  low = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w)
+  for opts, lib in ((xla_cpu.compiler_options(), "xla"), ({}, "ynn")):
+    got = {v for v in classify(low.compile(compiler_options=opts).as_text()).values()}
+    convs = {c for c, _ in got if c.startswith("conv")}
+    assert convs == {"conv_fwd", "conv_dgrad", "conv_wgrad"}, got
+    assert {l for c, l in got if c.startswith("conv")} == {lib}, got
