@@ -1,7 +1,7 @@
 """What the benchmark runs: one config per model, built from ``config_schema.base_config()``.
 
 A *case* is (model, T, remat, dtype, batch, ann). ``case_config(case)`` returns the training
-config the case times through ``train.create_train_state`` / ``train.train_step``; the recipe
+config the case times through ``steps.create_train_state`` / ``steps.make_steps``; the recipe
 fields (loss, optimizer) follow the experiment configs of the same model (``configs/cifar100.py``
 for ResNet-19, ``configs/cifar10_dvs.py`` for VGGSNN, ``configs/cifar10_spikformer.py`` for
 Spikformer) and are restated here so a benchmark does not move when an experiment is retuned.

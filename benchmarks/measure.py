@@ -1,8 +1,7 @@
-"""Measures one benchmark case: compile time, XLA memory, step time of ``train.train_step``.
+"""Measures one benchmark case: compile time, XLA memory, step time of ``steps.train_step``.
 
-The step is jitted exactly as the training loop jits it (``train.train_and_evaluate``):
-``functools.partial(train_step, graphdef=..., tx=..., loss_cfg=..., compute_dtype=...)``,
-``donate_argnums=(0,)``, replicated state, batch sharded over a ``data`` mesh of every device.
+The step is the training loop's own (``steps.make_steps``: donated state, replicated outputs,
+batch sharded over a ``data`` mesh of every device).
 It is compiled ahead of time (``lower`` + ``compile``, timed separately) and the compiled
 executable runs the warm-up and timed steps: an executable cannot recompile, so a state whose
 structure, dtypes or shardings changed between steps would fail here instead of silently
@@ -20,7 +19,6 @@ Memory:
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 import resource
@@ -30,11 +28,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from benchmarks.cases import Case, case_config, dataset_info
-from cfsnn_jax import train
+from cfsnn_jax import steps as step_builder  # run_case has an argument named steps
 
 
 def machine() -> dict[str, Any]:
@@ -102,17 +98,13 @@ def compile_case(case: Case, compiler_options: dict[str, Any] | None = None) -> 
   config = case_config(case)
   info = dataset_info(case)
   t0 = time.perf_counter()
-  graphdef, _, state, tx, num_params = train.create_train_state(config, info, total_steps=1000)
+  setup = step_builder.create_train_state(config, info, total_steps=1000)
+  num_params = setup.num_params
   build_s = time.perf_counter() - t0
-  mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
-  state = jax.device_put(state, replicated)
-  batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-           for k, v in synthetic_batch(case).items()}
-  step_fn = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
-                                      loss_cfg=config.loss, compute_dtype=config.compute_dtype),
-                    donate_argnums=(0,), out_shardings=(replicated, replicated))
+  built = step_builder.make_steps(config, setup)
+  state = built.place(setup.state)
+  batch = built.to_global(synthetic_batch(case))
+  step_fn = built.train
   t0 = time.perf_counter()
   lowered = step_fn.lower(state, batch)
   lower_s = time.perf_counter() - t0
@@ -175,7 +167,7 @@ def neuron_suite(num_steps: list[int], batch: int, reps: int = 9) -> list[dict[s
   spec = neurons.resolve_spec("cf")
 
   def before(x, a):  # autodiff of the scan, statistics from the materialised H
-    S, H, _ = neurons.run_neuron(x, spec, alpha_T=a, decay=0.5, bptt="autodiff")
+    S, H, _ = neurons.run_neuron(x, spec, alpha_T=a, decay=0.5)  # the reference
     axes = tuple(range(1, H.ndim))
     return S, jnp.mean(jax.nn.relu(H), axis=axes) - jnp.mean(jax.nn.relu(-H), axis=axes)
 

@@ -6,7 +6,7 @@
   python -m benchmarks.run --tiny                           # smoke test (< 1 minute)
   python -m benchmarks.run --device_check --out=/tmp/device.json   # a lent GPU/TPU, < 8 min
 
-Every case (model, T, remat, dtype) runs ``cfsnn_jax.train.train_step`` exactly as the
+Every case (model, T, remat, dtype) runs ``cfsnn_jax.steps.train_step`` exactly as the
 training loop jits it (see ``benchmarks/measure.py``) on a synthetic batch, in a fresh
 subprocess by default (``--isolate``) so that compilation caches, the process RSS high-water
 mark and the accelerator's peak-memory counter belong to that case alone. Per model the ANN

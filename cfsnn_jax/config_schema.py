@@ -3,7 +3,7 @@
 Experiment files in ``configs/`` start from ``base_config()`` and override fields; every field
 has a one-line comment here. ``validate_config(config)`` checks every name and number that
 could fail later (dataset, model, neuron, loss, optimizer, T, D, threshold, batch size) and
-raises ``ValueError`` with one line naming the valid choices, before anything compiles.
+raises ``errors.UserError`` with one line naming the valid choices, before anything compiles.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from cfsnn_jax import losses, neurons
+from cfsnn_jax import choices, neuron_spec as neuron_spec_lib
+from cfsnn_jax.errors import UserError, unknown_choice
 
 
 def neuron_config(name: str = "cf", **overrides: Any) -> ml_collections.ConfigDict:
-  """``name`` picks a preset of ``neurons.NEURON_PRESETS``; a field left ``None`` keeps the
+  """``name`` picks a preset of ``neuron_spec.NEURON_PRESETS``; a field left ``None`` keeps the
   preset's value, a set field overrides it (e.g. ``--config.neuron.levels=2``)."""
   c = ml_collections.ConfigDict()
   c.name = name  # preset: if | lif | plif | cf | cf_signed | dsatgo
@@ -41,10 +42,10 @@ def neuron_config(name: str = "cf", **overrides: Any) -> ml_collections.ConfigDi
   return c
 
 
-def neuron_spec(neuron_cfg: Any) -> neurons.NeuronSpec:
+def neuron_spec(neuron_cfg: Any) -> neuron_spec_lib.NeuronSpec:
   fields = dict(neuron_cfg)
   name = fields.pop("name")
-  return neurons.resolve_spec(name, **fields)
+  return neuron_spec_lib.resolve_spec(name, **fields)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -81,7 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 20  # train metrics to JSONL / TensorBoard
   c.eval_every_steps = 0  # 0: evaluate once per epoch
   c.checkpoint_every_steps = 0  # 0: checkpoint once per epoch (and always at the end)
-  c.keep_checkpoints = 2  # orbax max_to_keep
+  c.checkpoint_every_seconds = 0.0  # also checkpoint when this long since the last (0: off)
+  c.keep_checkpoints = 2  # orbax max_to_keep (>= 1)
   c.progress_bar = True  # tqdm progress bar on process 0
   c.compute_dtype = "float32"  # float32 | bfloat16 (mixed precision: float32 parameters)
   c.init_from = ""  # workdir of another run: fine-tune from its latest parameters
@@ -104,21 +106,36 @@ def make_tiny(c: ml_collections.ConfigDict, steps: int = 3, batch_size: int = 8)
 
 def validate_config(config: Any) -> None:
   """Rejects bad names and numbers with one line, before data loading or compilation."""
-  from cfsnn_jax import data, models  # registries
+  from cfsnn_jax import data  # the dataset registry (jax-free)
 
   data.validate_dataset_name(config.dataset)
-  models.validate_model_name(config.model.name)
-  models.validate_remat(config.model.get("remat", "none"))
-  neurons.validate_num_steps(config.num_steps)
+  _check("model", config.model.name, sorted(choices.MODEL_NAMES))
+  _check("remat", config.model.get("remat", "none"), choices.REMAT_NAMES)
+  neuron_spec_lib.validate_num_steps(config.num_steps)
   neuron_spec(config.neuron)
-  losses.validate_loss_config(config.loss.name, config.loss.pn_variant)
-  if config.optimizer.name not in ("adamw", "sgd"):
-    raise ValueError(f"unknown optimizer {config.optimizer.name!r}; valid choices: adamw, sgd")
-  if config.optimizer.schedule not in ("cosine", "constant"):
-    raise ValueError(f"unknown schedule {config.optimizer.schedule!r}; valid choices: "
-                     "constant, cosine")
-  if config.compute_dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"unknown compute_dtype {config.compute_dtype!r}; valid choices: "
-                     "bfloat16, float32")
+  _check("loss", config.loss.name, choices.TASK_LOSSES)
+  _check("pn_variant", config.loss.pn_variant, choices.PN_VARIANTS)
+  _check("optimizer", config.optimizer.name, choices.OPTIMIZERS)
+  _check("schedule", config.optimizer.schedule, choices.SCHEDULES)
+  _check("compute_dtype", config.compute_dtype, choices.COMPUTE_DTYPES)
   if config.batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    raise UserError(f"batch_size must be >= 1, got {config.batch_size}")
+  if config.keep_checkpoints < 1:
+    raise UserError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+  _reject_non_finite(config.to_dict())
+
+
+def _check(what: str, value: Any, valid: tuple) -> None:
+  if value not in valid:
+    raise unknown_choice(what, value, valid)
+
+
+def _reject_non_finite(tree: Any, prefix: str = "") -> None:
+  """NaN / inf in any float field is an error (naming the first such field)."""
+  import math
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      _reject_non_finite(value, f"{name}.")
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f"config.{name} must be a finite number, got {value}")

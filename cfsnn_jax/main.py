@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -20,8 +21,9 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Experiment config file (configs/*.py[:variant]).",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/cfsnn_jax", "Output directory (config.json, "
-                               "metrics.jsonl, TensorBoard events, checkpoints).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory, local or gs://... (config.json, "
+                               "metrics.jsonl, TensorBoard events, checkpoints); default: a "
+                               "fresh workdirs/<config>-<time> (README: Runs and workdirs).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
                                  "(auto-detects TPU pods / SLURM).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for "
@@ -40,12 +42,27 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from cfsnn_jax import train
+  from cfsnn_jax import run, run_guard
+  from cfsnn_jax.data import DataError
+  from cfsnn_jax.errors import UserError
+  workdir = _WORKDIR.value
+  if workdir is None:  # a fresh directory per run; multi-process runs must share one
+    if jax.process_count() > 1:
+      print("error: --workdir is required with several processes", file=sys.stderr)
+      sys.exit(2)
+    file, _, variant = os.path.basename(config_flags.get_config_filename(
+        flags.FLAGS["config"])).partition(":")
+    workdir = os.path.join("workdirs", "-".join(filter(None, (
+        os.path.splitext(file)[0], variant, time.strftime("%Y%m%d-%H%M%S"), str(os.getpid())))))
+    print(f"cfsnn_jax: workdir {workdir} (no --workdir given)", flush=True)
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:  # bad input: one clear line, no traceback
+    run.run(_CONFIG.value, workdir)
+  except (UserError, DataError) as e:  # bad input: one clear line; bugs keep the traceback
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except run_guard.Interrupted as e:  # SIGTERM / SIGINT: saved; 128 + signal number
+    print(f"interrupted: {e}", file=sys.stderr)
+    sys.exit(e.exit_status)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def test_forward_order_matches_model_aux_rows():
   stats = spiking_stats.collect_spiking_stats(model, [x])
   model.eval()
   _, aux = model(jnp.asarray(x))
-  assert stats.names[0] == "stem_sn" and stats.names[-1] == "blocks.1.down_sn"
+  assert stats.names[0] == "stem_neuron" and stats.names[-1] == "blocks.1.down_neuron"
   np.testing.assert_allclose(stats.rate_LT, np.asarray(aux.rate_T), atol=1e-6)
 
 

@@ -2,7 +2,6 @@
 reference, rematerialisation changes memory and not values, the ANN twin runs, the train and
 eval steps compile once across steps and epochs, and the benchmark entry point runs."""
 
-import functools
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfsnn_jax import config_schema, layers, models, neurons, train
+from cfsnn_jax import config_schema, layers, models, neurons, neurons_fused, steps
 from cfsnn_jax.data.sources import DatasetInfo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,8 +53,8 @@ def test_fused_bptt_equals_autodiff(name, overrides, unroll):
   w_th = jax.random.normal(jax.random.key(4), (T,))
 
   def loss(x, alpha, decay, theta, bptt):
-    S, H, th = neurons.run_neuron(x, spec, alpha_T=alpha, decay=decay, theta_T=theta,
-                                  unroll=unroll, bptt=bptt)
+    S, H, th = neurons_fused.run_neuron(x, spec, alpha_T=alpha, decay=decay, theta_T=theta,
+                                        unroll=unroll, bptt=bptt)
     return jnp.sum(S * w_s) + jnp.sum(jnp.tanh(H) * w_h) + jnp.sum(th * w_th)
 
   args = (x, jnp.linspace(2.0, 4.0, T), jnp.float32(0.45), jnp.linspace(0.8, 1.2, T))
@@ -76,14 +75,14 @@ def test_statistics_from_the_fused_pass_equal_statistics_of_h(name):
   w = jax.random.normal(jax.random.key(6), x.shape)
 
   def reference(x, alpha, decay):
-    S, H, _ = neurons.run_neuron(x, spec, alpha_T=alpha, decay=decay, bptt="autodiff")
+    S, H, _ = neurons.run_neuron(x, spec, alpha_T=alpha, decay=decay)  # the reference
     pos, neg = jnp.mean(jax.nn.relu(H), axis=(1, 2)), jnp.mean(jax.nn.relu(-H), axis=(1, 2))
     tanh = jnp.mean(jnp.tanh(kappa * H), axis=(1, 2))
     return jnp.sum(S * w) + jnp.sum((pos - neg) ** 2) + 3 * jnp.sum(tanh ** 2)
 
   def fused(x, alpha, decay):
-    S, H, _, st = neurons.run_neuron_with_stats(x, spec, alpha_T=alpha, decay=decay,
-                                                pn_kappa=kappa, unroll=True)
+    S, H, st = neurons_fused.run_neuron_with_stats(x, spec, alpha_T=alpha, decay=decay,
+                                                   pn_kappa=kappa, unroll=True)
     assert H is None  # not materialised unless asked for
     return (jnp.sum(S * w) + jnp.sum((st.h_pos_T - st.h_neg_T) ** 2)
             + 3 * jnp.sum(st.h_tanh_T ** 2))
@@ -98,7 +97,8 @@ def test_unrolled_and_scanned_time_loops_agree():
   spec = neurons.resolve_spec("cf")
   x = jax.random.normal(jax.random.key(7), (6, 2, 5)) * 2
   a = jnp.full((6,), 4.0)
-  outs = [neurons.run_neuron(x, spec, alpha_T=a, decay=0.5, unroll=u) for u in (1, 2, True)]
+  outs = [neurons_fused.run_neuron(x, spec, alpha_T=a, decay=0.5, unroll=u)
+          for u in (1, 2, True)]
   for o in outs[1:]:
     for p, q in zip(outs[0], o):
       np.testing.assert_array_equal(p, q)
@@ -234,10 +234,10 @@ def test_ann_twin_trains_through_the_train_step():
   config.neuron.activation = "relu"
   config.num_steps = 1
   info = DatasetInfo("synthetic", K, (8, 8, 3), static_input=True, synthetic=True)
-  graphdef, _, state, tx, _ = train.create_train_state(config, info, total_steps=10)
-  step = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
-                                   loss_cfg=config.loss), donate_argnums=(0,))
-  batch = _batch(np.random.default_rng(0), (8, 8, 3))
+  setup = steps.create_train_state(config, info, total_steps=10)
+  built = steps.make_steps(config, setup)
+  step, state = built.train, built.place(setup.state)
+  batch = built.to_global(_batch(np.random.default_rng(0), (8, 8, 3)))
   losses = []
   for _ in range(3):
     state, metrics = step(state, batch)
@@ -267,24 +267,17 @@ def _batch(rng, shape, n=8):
 
 
 def test_train_and_eval_steps_compile_once_across_steps_and_epochs():
-  """The loop's jitted train step (donated state, replicated out_shardings, 4 devices) and
-  eval step compile once each; more steps, an eval between "epochs" and a second epoch
-  add no compilation (counted with jax.monitoring and each jit's cache)."""
+  """The loop's jitted train step (``steps.make_steps``: donated state, replicated
+  out_shardings, 4 devices) and eval step compile once each; more steps, an eval between
+  "epochs" and a second epoch add no compilation (counted with jax.monitoring and each jit's
+  cache)."""
   config = _train_config()
   info = DatasetInfo("synthetic", K, (8, 8, 3), static_input=True, synthetic=True)
-  graphdef, eval_graphdef, state, tx, _ = train.create_train_state(config, info, 100)
-  mesh = train.make_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  state = jax.device_put(state, replicated)
-  p_train = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
-                                      loss_cfg=config.loss),
-                    donate_argnums=(0,), out_shardings=(replicated, replicated))
-  p_eval = jax.jit(functools.partial(train.eval_step, graphdef=eval_graphdef,
-                                     loss_cfg=config.loss))
+  setup = steps.create_train_state(config, info, 100)
+  built = steps.make_steps(config, setup)
+  p_train, p_eval, state = built.train, built.eval, built.place(setup.state)
   rng = np.random.default_rng(0)
-  batches = [{k: jax.make_array_from_process_local_data(sharded, v)
-              for k, v in _batch(rng, (8, 8, 3)).items()} for _ in range(4)]
+  batches = [built.to_global(_batch(rng, (8, 8, 3))) for _ in range(4)]
   compiles = []
 
   def listener(name, *_, **__):
@@ -340,7 +333,7 @@ def test_peer_models_have_the_tet_parameter_count():
   frameworks (SpikingJelly side skipped when the optional ``peers`` extra is missing)."""
   from benchmarks.cases import BENCH_MODELS, Case, case_config, dataset_info
   config = case_config(Case("resnet19_tet", 4, 8))
-  model = train.build_model(config, dataset_info(Case("resnet19_tet", 4, 8)),
+  model = steps.build_model(config, dataset_info(Case("resnet19_tet", 4, 8)),
                             nnx.Rngs(jax.random.key(0)))
   assert models.count_params(model) == 12_653_988
   pytest.importorskip("torch")

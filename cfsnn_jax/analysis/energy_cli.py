@@ -1,8 +1,8 @@
 """CLI of the energy estimate: ``python -m cfsnn_jax.analysis.energy --config=X --workdir=DIR``.
 
-The one analysis module that touches ``cfsnn_jax.train``: it rebuilds the training state of
-``--config`` (imported inside ``main``, so importing this module imports no training code),
-restores the latest checkpoint of ``--workdir`` if there is one (fresh parameters otherwise,
+It rebuilds the training state of ``--config`` (``steps.create_train_state``, imported inside
+``main``: importing this module imports no model code), restores the latest checkpoint of
+``--workdir`` if there is one (fresh parameters otherwise,
 said on stdout), runs ``--num_batches`` test batches, prints the per-layer table and writes
 ``energy.json`` + ``energy.md`` into the workdir. Flags are defined in ``run()`` only, so this
 module can be imported next to ``cfsnn_jax.main`` (both define ``--config``).
@@ -17,14 +17,15 @@ import sys
 def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float) -> int:
   from flax import nnx
 
-  from cfsnn_jax import checkpointing, config_schema, data, train
+  from cfsnn_jax import checkpointing, config_schema, data, steps
   from cfsnn_jax.analysis import energy, spiking_stats
   from cfsnn_jax.data import pipeline
 
   config_schema.validate_config(config)
   splits = data.load_dataset(config)
   info = splits.info
-  _, eval_graphdef, state, _, num_params = train.create_train_state(config, info, 1)
+  setup = steps.create_train_state(config, info, 1)
+  eval_graphdef, state, num_params = setup.eval_graphdef, setup.state, setup.num_params
   where = "fresh parameters (no checkpoint)"
   manager = spiking_stats.read_only_checkpoints(workdir)  # a run may still be writing there
   if manager is not None:
@@ -59,13 +60,16 @@ def run() -> None:
   e_mac = flags.DEFINE_float("e_mac", 4.6, "Energy of one MAC in pJ (45 nm).")
   e_ac = flags.DEFINE_float("e_ac", 0.9, "Energy of one accumulate in pJ (45 nm).")
 
+  from cfsnn_jax import data
+  from cfsnn_jax.errors import UserError
+
   def _main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     try:
       sys.exit(main(config_flag.value, workdir.value, num_batches.value, e_mac.value,
                     e_ac.value))
-    except ValueError as e:  # bad input: one clear line, no traceback
+    except (UserError, data.DataError) as e:  # bad input: one line; bugs keep the traceback
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 

@@ -445,8 +445,3 @@ def write_energy(report: EnergyReport, workdir: str) -> tuple[str, str]:
   with open(md_path, "w") as f:
     f.write(energy_markdown(report))
   return json_path, md_path
-
-
-if __name__ == "__main__":
-  from cfsnn_jax.analysis import energy_cli
-  energy_cli.run()
