@@ -33,27 +33,6 @@ from benchmarks.cases import Case, case_config, dataset_info
 from cfsnn_jax import steps as step_builder  # run_case has an argument named steps
 
 
-# glibc malloc settings for XLA:CPU (docs/PERFORMANCE.md): one arena, no mmap, no trimming,
-# so the buffers XLA allocates and frees every step are reused instead of being unmapped and
-# page-faulted (zeroed by the kernel) again on the next step.
-TUNED_MALLOC = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                "glibc.malloc.trim_threshold=68719476736")
-
-
-def tune_malloc() -> bool:
-  """The same settings for an already running process, with ``mallopt`` (best before jax
-  starts its threads); ``GLIBC_TUNABLES=TUNED_MALLOC`` in the environment is equivalent.
-  Returns False where libc has no ``mallopt`` (not glibc)."""
-  import ctypes
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return False
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-  return bool(libc.mallopt(m_arena_max, 1) and libc.mallopt(m_mmap_max, 0)
-              and libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
 def machine() -> dict[str, Any]:
   """CPU model, core count, library versions and devices of this process."""
   cpu = platform.processor() or platform.machine()
@@ -111,8 +90,11 @@ def _flops(compiled) -> float | None:
     return None
 
 
-def run_case(case: Case, *, steps: int = 5, warmup: int = 1) -> dict[str, Any]:
-  """Compiles and times one case; returns a flat dict of results (JSON-serialisable)."""
+def compile_case(case: Case, compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Builds the case's state and batch and compiles its train step ahead of time (with
+  ``compiler_options``: XLA debug options for this executable only). Returns ``step`` (the
+  compiled executable), ``state``, ``batch``, ``num_params`` and the build / lower / compile
+  seconds."""
   config = case_config(case)
   info = dataset_info(case)
   t0 = time.perf_counter()
@@ -127,8 +109,18 @@ def run_case(case: Case, *, steps: int = 5, warmup: int = 1) -> dict[str, Any]:
   lowered = step_fn.lower(state, batch)
   lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=compiler_options or None)
   compile_s = time.perf_counter() - t0
+  return {"step": compiled, "compiled": compiled, "state": state, "batch": batch,
+          "num_params": int(num_params), "build_s": build_s, "lower_s": lower_s,
+          "compile_s": compile_s}
+
+
+def run_case(case: Case, *, steps: int = 5, warmup: int = 1) -> dict[str, Any]:
+  """Compiles and times one case; returns a flat dict of results (JSON-serialisable)."""
+  c = compile_case(case)
+  compiled, state, batch, num_params = c["step"], c["state"], c["batch"], c["num_params"]
+  build_s, lower_s, compile_s = c["build_s"], c["lower_s"], c["compile_s"]
 
   times, cpu_times = [], []
   metrics = None

@@ -35,6 +35,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax / absl INFO chatter off; progress is ours
+  from cfsnn_jax import xla_cpu
+  xla_cpu.apply()  # CPU-only XLA flags + allocator, before JAX starts (CFSNN_CPU_TUNING=0: off)
   import jax
   if _COORDINATOR.value is not None:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

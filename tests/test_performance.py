@@ -327,3 +327,77 @@ def test_benchmark_entry_point_runs_end_to_end(tmp_path):
   summary = report["summary"]["resnet19/float32"]
   assert summary["memory_vs_T/none"] == {"2": 1.0}
   assert "| resnet19-tiny | ANN | 1" in r.stdout  # the printed table
+
+
+# ----------------------------------------------------------------------------- peers
+
+def test_peer_models_have_the_tet_parameter_count():
+  """benchmarks.peers compares equal models: TET ResNet-19 has 12,653,988 parameters in both
+  frameworks (SpikingJelly side skipped when the optional ``peers`` extra is missing)."""
+  from benchmarks.cases import BENCH_MODELS, Case, case_config, dataset_info
+  config = case_config(Case("resnet19_tet", 4, 8))
+  model = steps.build_model(config, dataset_info(Case("resnet19_tet", 4, 8)),
+                            nnx.Rngs(jax.random.key(0)))
+  assert models.count_params(model) == 12_653_988
+  pytest.importorskip("torch")
+  pytest.importorskip("spikingjelly")
+  from benchmarks import peers
+  sj, _ = peers._sj_model("resnet19_tet", tiny=False, num_steps=4)
+  assert sum(p.numel() for p in sj.parameters()) == 12_653_988
+  assert BENCH_MODELS["resnet19_tet"]["model"]["stem_width"] == 64
+
+
+def test_peers_benchmark_runs_interleaved_on_tiny_models():
+  pytest.importorskip("torch")
+  pytest.importorskip("spikingjelly")
+  from benchmarks import peers
+  rows = peers.compare(["resnet19_tet"], [4], steps=2, tiny=True)
+  (r,) = rows
+  assert r["steps"]["jax"][0]["wall_s"] > 0 and len(r["steps"]["sj"]) == 2
+  assert r["jax_step_s"] > 0 and r["sj_step_s"] > 0 and r["ratio_wall"] > 0
+  assert np.isfinite([s["loss"] for k in ("jax", "sj") for s in r["steps"][k]]).all()
+  assert all(0 < s["util"] for s in r["steps"]["jax"])
+
+
+def test_device_check_covers_the_accelerator_cases_and_runs_on_cpu(tmp_path):
+  """``--device_check``: the full case list is the issue's (ResNet-19 T=4 at 64/128 in fp32
+  and bf16, VGGSNN T=10, Spikformer); its tiny form runs here on CPU (one model, one step)."""
+  from benchmarks import run
+  full = {(c.model, c.num_steps, c.batch, c.dtype) for c in run.device_check_cases(tiny=False)}
+  assert full == {("resnet19", 4, 64, "float32"), ("resnet19", 4, 128, "float32"),
+                  ("resnet19", 4, 64, "bfloat16"), ("resnet19", 4, 128, "bfloat16"),
+                  ("vggsnn", 10, 64, "float32"), ("spikformer", 4, 64, "float32")}
+  assert run.device_peak("NVIDIA H200", "bfloat16") == 989e12
+  assert run.device_peak("cpu", "float32") is None
+  out = tmp_path / "dc.json"
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  r = subprocess.run(
+      [sys.executable, "-m", "benchmarks.run", "--device_check", "--tiny", "--models=vggsnn",
+       "--steps=1", "--warmup=0", "--skip_training_run", f"--out={out}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  report = json.loads(out.read_text())
+  (res,) = report["results"]
+  assert res["case"]["model"] == "vggsnn" and res["step_s_median"] > 0 and res["finite"]
+  assert report["machine"]["cpu_tuning"]["enabled"]  # the CLI's CPU settings, reported
+  assert "| vggsnn-tiny SNN T=2" in r.stdout
+
+
+def test_op_profile_classifies_the_three_convolutions_of_a_gradient():
+  """benchmarks.op_profile's op classes (the per-class before/after table of
+  docs/PERFORMANCE.md) tell forward, input-gradient and weight-gradient convs apart, by
+  library."""
+  from benchmarks.op_profile import classify
+  from cfsnn_jax import xla_cpu
+  x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
+
+  def loss(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(y))
+  low = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w)
+  for opts, lib in ((xla_cpu.compiler_options(), "xla"), ({}, "ynn")):
+    got = {v for v in classify(low.compile(compiler_options=opts).as_text()).values()}
+    convs = {c for c, _ in got if c.startswith("conv")}
+    assert convs == {"conv_fwd", "conv_dgrad", "conv_wgrad"}, got
+    assert {l for c, l in got if c.startswith("conv")} == {lib}, got
