@@ -1,7 +1,7 @@
 """What the benchmark runs: one config per model, built from ``config_schema.base_config()``.
 
 A *case* is (model, T, remat, dtype, batch, ann). ``case_config(case)`` returns the training
-config the case times through ``train.create_train_state`` / ``train.train_step``; the recipe
+config the case times through ``steps.create_train_state`` / ``steps.make_steps``; the recipe
 fields (loss, optimizer) follow the experiment configs of the same model (``configs/cifar100.py``
 for ResNet-19, ``configs/cifar10_dvs.py`` for VGGSNN, ``configs/cifar10_spikformer.py`` for
 Spikformer) and are restated here so a benchmark does not move when an experiment is retuned.
@@ -36,15 +36,43 @@ class Case:
             f"T={self.num_steps} {self.remat} {self.dtype}")
 
 
-# name -> (dataset description, model fields, tiny model fields, recipe overrides)
+# name -> (dataset description, model fields, tiny model fields, recipe overrides; optional
+# neuron preset + overrides and PN-loss weight, default CF with per-step LSG and 1e-3)
 BENCH_MODELS: dict[str, dict[str, Any]] = {
     "resnet19": dict(
         info=DatasetInfo("cifar100", 100, (32, 32, 3), static_input=True, synthetic=True),
         model=dict(name="resnet19", residual="standard"),
-        tiny=dict(widths=(8, 8, 16), head_hidden=8),
+        tiny=dict(widths=(8, 8, 16), stage_blocks=(1, 1, 1), head_hidden=8),
         tiny_input=(8, 8, 3),
         loss=dict(name="ce", label_smoothing=0.1),
         optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4)),
+    # The peer-comparison model (benchmarks/peers.py): TET's ResNet-19 exactly as SpikingJelly
+    # builds it (64-channel stem, 12,653,988 parameters for 100 classes), LIF tau = 2 with
+    # hard reset (SpikingJelly's decay_input form), fixed sigmoid surrogate alpha = 4, plain
+    # CE on the time-mean logits, SGD: nothing SpikingJelly does not also compute.
+    "resnet19_tet": dict(
+        info=DatasetInfo("cifar100", 100, (32, 32, 3), static_input=True, synthetic=True),
+        model=dict(name="resnet19", residual="standard", stem_width=64),
+        neuron=dict(name="lif", tau=2.0, reset="hard", decay_input=True, surrogate="sigmoid",
+                    alpha=4.0, surrogate_mode="fixed"),
+        pn_weight=0.0,
+        tiny=dict(widths=(8, 8, 16), stem_width=4, stage_blocks=(1, 1, 1), head_hidden=8),
+        tiny_input=(8, 8, 3),
+        loss=dict(name="ce", label_smoothing=0.0),
+        optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                       schedule="constant")),
+    # TET's VGGSNN with the same neuron / loss / optimizer as resnet19_tet (peers benchmark).
+    "vggsnn_tet": dict(
+        info=DatasetInfo("cifar10_dvs", 10, (48, 48, 2), static_input=False, synthetic=True),
+        model=dict(name="vggsnn"),
+        neuron=dict(name="lif", tau=2.0, reset="hard", decay_input=True, surrogate="sigmoid",
+                    alpha=4.0, surrogate_mode="fixed"),
+        pn_weight=0.0,
+        tiny=dict(layout=(8, 8, "A", 8, 8, "A", 8, 8, "A", 8, 8, "A")),
+        tiny_input=(16, 16, 2),
+        loss=dict(name="ce", label_smoothing=0.0),
+        optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                       schedule="constant")),
     "vggsnn": dict(
         info=DatasetInfo("cifar10_dvs", 10, (48, 48, 2), static_input=False, synthetic=True),
         model=dict(name="vggsnn"),
@@ -63,6 +91,10 @@ BENCH_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+# What ``python -m benchmarks.run`` measures by default (resnet19_tet is the peers' model).
+DEFAULT_MODELS = ("resnet19", "vggsnn", "spikformer")
+
+
 def dataset_info(case: Case) -> DatasetInfo:
   spec = BENCH_MODELS[case.model]
   info = spec["info"]
@@ -79,10 +111,11 @@ def case_config(case: Case) -> ml_collections.ConfigDict:
   for k, v in dict(spec["model"], **(spec["tiny"] if case.tiny else {})).items():
     setattr(c.model, k, v)
   c.model.remat = case.remat
-  c.neuron = config_schema.neuron_config("cf", surrogate_mode="per_step")
+  neuron = dict(spec.get("neuron", dict(name="cf", surrogate_mode="per_step")))
+  c.neuron = config_schema.neuron_config(neuron.pop("name"), **neuron)
   if case.ann:
     c.neuron.activation = "relu"
-  c.loss.pn_weight = 1e-3
+  c.loss.pn_weight = spec.get("pn_weight", 1e-3)
   for k, v in spec["loss"].items():
     setattr(c.loss, k, v)
   for k, v in spec["optimizer"].items():

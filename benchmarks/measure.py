@@ -1,8 +1,7 @@
-"""Measures one benchmark case: compile time, XLA memory, step time of ``train.train_step``.
+"""Measures one benchmark case: compile time, XLA memory, step time of ``steps.train_step``.
 
-The step is jitted exactly as the training loop jits it (``train.train_and_evaluate``):
-``functools.partial(train_step, graphdef=..., tx=..., loss_cfg=..., compute_dtype=...)``,
-``donate_argnums=(0,)``, replicated state, batch sharded over a ``data`` mesh of every device.
+The step is the training loop's own (``steps.make_steps``: donated state, replicated outputs,
+batch sharded over a ``data`` mesh of every device).
 It is compiled ahead of time (``lower`` + ``compile``, timed separately) and the compiled
 executable runs the warm-up and timed steps: an executable cannot recompile, so a state whose
 structure, dtypes or shardings changed between steps would fail here instead of silently
@@ -20,7 +19,6 @@ Memory:
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 import resource
@@ -30,32 +28,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from benchmarks.cases import Case, case_config, dataset_info
-from cfsnn_jax import train
-
-
-# glibc malloc settings for XLA:CPU (docs/PERFORMANCE.md): one arena, no mmap, no trimming,
-# so the buffers XLA allocates and frees every step are reused instead of being unmapped and
-# page-faulted (zeroed by the kernel) again on the next step.
-TUNED_MALLOC = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                "glibc.malloc.trim_threshold=68719476736")
-
-
-def tune_malloc() -> bool:
-  """The same settings for an already running process, with ``mallopt`` (best before jax
-  starts its threads); ``GLIBC_TUNABLES=TUNED_MALLOC`` in the environment is equivalent.
-  Returns False where libc has no ``mallopt`` (not glibc)."""
-  import ctypes
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return False
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-  return bool(libc.mallopt(m_arena_max, 1) and libc.mallopt(m_mmap_max, 0)
-              and libc.mallopt(m_trim_threshold, 2**31 - 1))
+from cfsnn_jax import steps as step_builder  # run_case has an argument named steps
 
 
 def machine() -> dict[str, Any]:
@@ -115,28 +90,37 @@ def _flops(compiled) -> float | None:
     return None
 
 
-def run_case(case: Case, *, steps: int = 5, warmup: int = 1) -> dict[str, Any]:
-  """Compiles and times one case; returns a flat dict of results (JSON-serialisable)."""
+def compile_case(case: Case, compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Builds the case's state and batch and compiles its train step ahead of time (with
+  ``compiler_options``: XLA debug options for this executable only). Returns ``step`` (the
+  compiled executable), ``state``, ``batch``, ``num_params`` and the build / lower / compile
+  seconds."""
   config = case_config(case)
   info = dataset_info(case)
   t0 = time.perf_counter()
-  graphdef, _, state, tx, num_params = train.create_train_state(config, info, total_steps=1000)
+  setup = step_builder.create_train_state(config, info, total_steps=1000)
+  num_params = setup.num_params
   build_s = time.perf_counter() - t0
-  mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
-  state = jax.device_put(state, replicated)
-  batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-           for k, v in synthetic_batch(case).items()}
-  step_fn = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
-                                      loss_cfg=config.loss, compute_dtype=config.compute_dtype),
-                    donate_argnums=(0,), out_shardings=(replicated, replicated))
+  built = step_builder.make_steps(config, setup)
+  state = built.place(setup.state)
+  batch = built.to_global(synthetic_batch(case))
+  step_fn = built.train
   t0 = time.perf_counter()
   lowered = step_fn.lower(state, batch)
   lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=compiler_options or None)
   compile_s = time.perf_counter() - t0
+  return {"step": compiled, "compiled": compiled, "state": state, "batch": batch,
+          "num_params": int(num_params), "build_s": build_s, "lower_s": lower_s,
+          "compile_s": compile_s}
+
+
+def run_case(case: Case, *, steps: int = 5, warmup: int = 1) -> dict[str, Any]:
+  """Compiles and times one case; returns a flat dict of results (JSON-serialisable)."""
+  c = compile_case(case)
+  compiled, state, batch, num_params = c["step"], c["state"], c["batch"], c["num_params"]
+  build_s, lower_s, compile_s = c["build_s"], c["lower_s"], c["compile_s"]
 
   times, cpu_times = [], []
   metrics = None
@@ -183,7 +167,7 @@ def neuron_suite(num_steps: list[int], batch: int, reps: int = 9) -> list[dict[s
   spec = neurons.resolve_spec("cf")
 
   def before(x, a):  # autodiff of the scan, statistics from the materialised H
-    S, H, _ = neurons.run_neuron(x, spec, alpha_T=a, decay=0.5, bptt="autodiff")
+    S, H, _ = neurons.run_neuron(x, spec, alpha_T=a, decay=0.5)  # the reference
     axes = tuple(range(1, H.ndim))
     return S, jnp.mean(jax.nn.relu(H), axis=axes) - jnp.mean(jax.nn.relu(-H), axis=axes)
 

@@ -3,9 +3,10 @@
   python -m benchmarks.run                                  # ResNet-19, VGGSNN, Spikformer
   python -m benchmarks.run --models=resnet19 --num_steps=4,8 --batch=8 --remat=none,block \\
       --dtype=float32 --steps=5 --out=/tmp/bench.json
-  python -m benchmarks.run --tiny --steps=2                 # smoke test (under a minute)
+  python -m benchmarks.run --tiny                           # smoke test (< 1 minute)
+  python -m benchmarks.run --device_check --out=/tmp/device.json   # a lent GPU/TPU, < 8 min
 
-Every case (model, T, remat, dtype) runs ``cfsnn_jax.train.train_step`` exactly as the
+Every case (model, T, remat, dtype) runs ``cfsnn_jax.steps.train_step`` exactly as the
 training loop jits it (see ``benchmarks/measure.py``) on a synthetic batch, in a fresh
 subprocess by default (``--isolate``) so that compilation caches, the process RSS high-water
 mark and the accelerator's peak-memory counter belong to that case alone. Per model the ANN
@@ -26,8 +27,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.cases import BENCH_MODELS, Case
-from benchmarks.measure import TUNED_MALLOC
+from benchmarks.cases import BENCH_MODELS, DEFAULT_MODELS, Case
 
 _RESULT = "BENCHMARK_RESULT "
 
@@ -43,32 +43,35 @@ def _strs(s: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--models", type=_strs, default=list(BENCH_MODELS),
+  p.add_argument("--models", type=_strs, default=list(DEFAULT_MODELS),
                  help=f"comma list of {', '.join(BENCH_MODELS)}")
-  p.add_argument("--num_steps", type=_ints, default=[1, 2, 4, 8], help="T values")
+  p.add_argument("--num_steps", type=_ints, default=None,
+                 help="T values (default 1,2,4,8; with --tiny: 2)")
   p.add_argument("--batch", type=int, default=8, help="global batch size")
   p.add_argument("--dtype", type=_strs, default=["float32"], help="float32 and/or bfloat16")
-  p.add_argument("--remat", type=_strs, default=["none", "block"],
-                 help="config.model.remat values (none, neuron, block, block_full)")
-  p.add_argument("--ann_num_steps", type=_ints, default=[1],
-                 help="T values of the ReLU twin (empty: no twin)")
+  p.add_argument("--remat", type=_strs, default=None,
+                 help="config.model.remat values (none, neuron, block, block_full; default "
+                      "none,block; with --tiny: none)")
+  p.add_argument("--ann_num_steps", type=_ints, default=None,
+                 help="T values of the ReLU twin (default 1; with --tiny: none; empty: no twin)")
   p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
   p.add_argument("--repeats", type=int, default=1,
                  help="run the whole case list this many times, round-robin (each case then "
                       "reports the median over repeats of its step-time medians)")
-  p.add_argument("--tiny", action="store_true", help="a few channels per layer (smoke test, "
-                 "under a minute): ResNet-19, T = 2, remat none, in this process, unless --models / "
-                 "--num_steps / --remat / --isolate say otherwise")
-  p.add_argument("--isolate", dest="isolate", action="store_true", default=None,
-                 help="run every case in a fresh subprocess (the default, except with --tiny)")
+  p.add_argument("--tiny", action="store_true",
+                 help="a few channels per layer, T = 2, remat none, no ANN twin, in this "
+                      "process: a smoke test of every model in well under a minute")
   p.add_argument("--xla_flags", default=None,
                  help="XLA_FLAGS for the measured processes (default: inherit)")
-  p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                 help="host allocator: 'tuned' keeps freed memory (measure.TUNED_MALLOC), "
-                      "'default' is glibc's (re-faults XLA's per-step buffers)")
+  p.add_argument("--cpu_tuning", choices=("auto", "on", "off"), default="auto",
+                 help="cfsnn_jax.xla_cpu settings (XLA:CPU flags + allocator), exactly as "
+                      "python -m cfsnn_jax.main applies them: auto = on for CPU runs")
   p.add_argument("--no_isolate", dest="isolate", action="store_false", default=None,
-                 help="run every case in this process (faster, shared caches and RSS)")
+                 help="run every case in this process (faster, shared caches and RSS; the "
+                      "default with --tiny)")
+  p.add_argument("--isolate", dest="isolate", action="store_true",
+                 help="one fresh subprocess per case (the default without --tiny)")
   p.add_argument("--timeout", type=float, default=1800, help="seconds per isolated case")
   p.add_argument("--out", default="", help="write every number as JSON here")
   p.add_argument("--suite", choices=("train", "neuron"), default="train",
@@ -77,25 +80,86 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--peak_flops", type=float, default=0.0,
                  help="the device's peak FLOP/s (e.g. 989e12 for H100 dense bf16): adds the "
                       "achieved fraction per case")
+  p.add_argument("--device_check", action="store_true",
+                 help="the accelerator check (< 8 minutes on one GPU/TPU): ResNet-19 T=4 at "
+                      "batch 64 and 128 in float32 and bfloat16, VGGSNN T=10, Spikformer T=4 "
+                      "(batch 64), FLOP/s against the device's peak, then a :tiny training "
+                      "run of the CLI; with --tiny: the same cases shrunk (the CPU test)")
+  p.add_argument("--skip_training_run", action="store_true",
+                 help="--device_check without the CLI :tiny run (the test suite has its own)")
   p.add_argument("--case", default="", help=argparse.SUPPRESS)  # child mode
-  given = sys.argv[1:] if argv is None else argv
   args = p.parse_args(argv)
-  if args.tiny:  # the smoke test: few cases, one process
-    if not any(a.startswith("--models") for a in given):
-      args.models = ["resnet19"]
-    if not any(a.startswith("--num_steps") for a in given):
-      args.num_steps = [2]
-    if not any(a.startswith("--remat") for a in given):
-      args.remat = ["none"]
+  if args.num_steps is None:
+    args.num_steps = [2] if args.tiny else [1, 2, 4, 8]
+  if args.remat is None:
+    args.remat = ["none"] if args.tiny else ["none", "block"]
+  if args.ann_num_steps is None:
+    args.ann_num_steps = [] if args.tiny else [1]
   if args.isolate is None:
     args.isolate = not args.tiny
+  if args.device_check and not args.tiny:
+    args.steps = min(args.steps, 5)
   unknown = [m for m in args.models if m not in BENCH_MODELS]
   if unknown:
     p.error(f"unknown model(s) {unknown}; valid choices: {', '.join(BENCH_MODELS)}")
   return args
 
 
+# Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute dtype: bf16
+# tensor cores / MXU; float32 = TF32 tensor cores (XLA's default matmul precision on GPU).
+DEVICE_PEAKS = {
+    "H200": {"bfloat16": 989e12, "float32": 494e12},
+    "H100": {"bfloat16": 989e12, "float32": 494e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "L4": {"bfloat16": 121e12, "float32": 60e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v6": {"bfloat16": 918e12, "float32": 918e12},
+}
+
+
+def device_peak(device_kind: str, dtype: str) -> float | None:
+  for k, v in DEVICE_PEAKS.items():
+    if k.lower() in device_kind.lower():
+      return v.get(dtype)
+  return None
+
+
+def device_check_cases(tiny: bool) -> list[Case]:
+  """ResNet-19 T=4 at B 64/128 (fp32, bf16), VGGSNN T=10, Spikformer T=4 (B 64); tiny: B 8."""
+  b1, b2 = (8, 8) if tiny else (64, 128)
+  out = [Case("resnet19", 4, b, d, tiny=tiny) for d in ("float32", "bfloat16")
+         for b in dict.fromkeys((b1, b2))]
+  out += [Case("vggsnn", 10 if not tiny else 2, b1, "float32", tiny=tiny),
+          Case("spikformer", 4 if not tiny else 2, b1, "float32", tiny=tiny)]
+  return out
+
+
+def tiny_training_run(timeout: float = 600) -> dict[str, Any]:
+  """``python -m cfsnn_jax.main --config=configs/default.py:tiny`` on this machine's default
+  device, in a temporary workdir: exit code, wall seconds and the last line it printed."""
+  import tempfile
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  with tempfile.TemporaryDirectory() as workdir:
+    t0 = time.perf_counter()
+    try:
+      r = subprocess.run([sys.executable, "-m", "cfsnn_jax.main",
+                          "--config=cfsnn_jax/configs/default.py:tiny", f"--workdir={workdir}"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+      rc, tail = r.returncode, (r.stdout + r.stderr).strip().splitlines()[-1:]
+    except subprocess.TimeoutExpired:
+      rc, tail = 124, [f"timeout after {timeout:.0f} s"]
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    lines = open(metrics).read().splitlines() if os.path.exists(metrics) else []
+    return {"returncode": rc, "wall_s": time.perf_counter() - t0,
+            "last_line": tail[0] if tail else "", "metric_lines": len(lines)}
+
+
 def cases(args: argparse.Namespace) -> list[Case]:
+  if args.device_check:  # --models filters the check's cases
+    return [c for c in device_check_cases(args.tiny) if c.model in args.models]
   out = []
   for model in args.models:
     for dtype in args.dtype:
@@ -111,10 +175,7 @@ def _run_isolated(case: Case, args: argparse.Namespace) -> dict[str, Any]:
   env = dict(os.environ)
   if args.xla_flags is not None:
     env["XLA_FLAGS"] = args.xla_flags
-  if args.malloc == "tuned":
-    env["GLIBC_TUNABLES"] = TUNED_MALLOC
-  else:
-    env.pop("GLIBC_TUNABLES", None)
+  _tuning_env(env, args.cpu_tuning)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
   cmd = [sys.executable, "-m", "benchmarks.run", "--case", json.dumps(dataclasses.asdict(case)),
@@ -134,7 +195,17 @@ def _run_isolated(case: Case, args: argparse.Namespace) -> dict[str, Any]:
   return {"error": " | ".join(tail) or f"exit code {r.returncode}"}
 
 
+def _tuning_env(env: dict, mode: str) -> None:
+  """``--cpu_tuning``: on / off set ``CFSNN_CPU_TUNING``; auto leaves the environment (and
+  so ``xla_cpu.apply``'s own decision) alone."""
+  from cfsnn_jax import xla_cpu
+  if mode != "auto":
+    env[xla_cpu.ENV_SWITCH] = "1" if mode == "on" else "0"
+
+
 def _child(args: argparse.Namespace) -> None:
+  from cfsnn_jax import xla_cpu
+  xla_cpu.apply()  # before jax starts, as the CLI does (the parent set the switch)
   from benchmarks.measure import run_case
   case = Case(**json.loads(args.case))
   print(_RESULT + json.dumps(run_case(case, steps=args.steps, warmup=args.warmup)), flush=True)
@@ -251,21 +322,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if args.case:
     _child(args)
     return {}
-  from benchmarks.measure import machine, run_case, tune_malloc
-  if not args.isolate:
-    if args.xla_flags is not None:
-      os.environ["XLA_FLAGS"] = args.xla_flags  # before jax initialises its backend
-    if args.malloc == "tuned":
-      tune_malloc()
-  mach = machine()
+  from cfsnn_jax import xla_cpu
   if args.xla_flags is not None:
-    mach["xla_flags"] = args.xla_flags
-  mach["malloc"] = args.malloc
+    os.environ["XLA_FLAGS"] = args.xla_flags  # before jax initialises its backend
+  _tuning_env(os.environ, args.cpu_tuning)
+  tuning = xla_cpu.apply()  # this process (in-process cases, and what the report says)
+  from benchmarks.measure import machine, run_case
+  mach = machine()
+  mach["cpu_tuning"] = tuning
+  mach["loadavg_start"] = os.getloadavg()
   print(f"machine: {mach['cpu']}, {mach['cpu_cores']} cores; jax {mach['jax']} "
         f"(jaxlib {mach['jaxlib']}), flax {mach['flax']}; {mach['num_devices']} x "
         f"{mach['device_kind']} [{mach['platform']}]; XLA_FLAGS={mach['xla_flags']!r}; "
-        f"malloc={args.malloc}",
-        flush=True)
+        f"cpu tuning: {tuning}; load average {mach['loadavg_start']}", flush=True)
   if args.suite == "neuron":
     from benchmarks.measure import neuron_suite
     rows = neuron_suite(args.num_steps, args.batch)
@@ -293,8 +362,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for case, rs in runs.items():
     r = _combine(rs)
     r["case"] = dataclasses.asdict(case)
-    if args.peak_flops and r.get("achieved_flops_per_s"):
-      r["fraction_of_peak"] = r["achieved_flops_per_s"] / args.peak_flops
+    peak = args.peak_flops or device_peak(mach["device_kind"], case.dtype)
+    if peak and r.get("achieved_flops_per_s"):
+      r["peak_flops"] = peak
+      r["fraction_of_peak"] = r["achieved_flops_per_s"] / peak
     results.append(r)
   summ = summary(results, args)
   print()
@@ -305,6 +376,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       print(f"  {k}: {_fmt(v)}")
   report = {"machine": mach, "args": {k: v for k, v in vars(args).items() if k != "case"},
             "results": results, "summary": summ}
+  if args.device_check:
+    print("\n| case | step s | TFLOP/s | of peak | compile s | peak memory MB |\n"
+          "|---|---|---|---|---|---|")
+    for r in results:
+      if "error" in r:
+        print(f"| {Case(**r['case']).label} B={r['case']['batch']} | error: {r['error'][:80]} |")
+        continue
+      mem = r["device_peak_bytes"] or r["xla_peak_bytes"]
+      frac = f"{100 * r['fraction_of_peak']:.1f} %" if r.get("fraction_of_peak") else "-"
+      tf = (f"{r['achieved_flops_per_s'] / 1e12:.3f}" if r.get("achieved_flops_per_s")
+            else "-")
+      print(f"| {Case(**r['case']).label} B={r['case']['batch']} | {r['step_s_median']:.3f} | "
+            f"{tf} | {frac} | {r['trace_compile_s']:.1f} | {_mb(mem)} |")
+    if not args.skip_training_run:
+      report["tiny_training_run"] = tiny_training_run()
+      print(f"\n:tiny training run on {mach['platform']}: {report['tiny_training_run']}")
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -13,8 +13,9 @@ Contract:
   by ``fit_model_fields`` with a one-line note (docs/DECISIONS.md, issue 12).
 - Upper bounds stop values that would hang compilation (``neuron.levels``: the level loop is
   unrolled; ``num_steps``: T-long scans and per-step parameters).
-- Importing this module does not import jax or flax (the CLI validates before importing
-  them); the neuron spec check imports ``cfsnn_jax.neurons`` lazily, at the end.
+- Neither importing this module nor ``validate_config`` imports jax or flax (the CLI
+  validates before importing them): names come from ``choices``, the neuron check from
+  ``neuron_spec``.
 
 Experiment files in ``configs/`` start from ``base_config()`` and override fields.
 """
@@ -31,6 +32,7 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 from ml_collections import config_dict
 
+from cfsnn_jax import choices, neuron_spec as neuron_spec_lib
 from cfsnn_jax.errors import UserError, unknown_choice
 
 MAX_NUM_STEPS = 512  # T above this: scans / per-step parameters too long to compile sensibly
@@ -75,12 +77,13 @@ class Field:
 
 
 F = Field
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
-COMPUTE_DTYPES = ("float32", "bfloat16")
-TASK_LOSSES = ("ce", "tet")  # cfsnn_jax.losses.TASK_LOSSES (tests/test_config_schema.py)
-PN_VARIANTS = ("mean", "sign")
-REMATS = ("none", "neuron", "block", "block_full")  # cfsnn_jax.models.common.REMATS
+# The registries' valid names, declared once in the jax-free ``choices`` module.
+OPTIMIZERS = choices.OPTIMIZERS
+SCHEDULES = choices.SCHEDULES
+COMPUTE_DTYPES = choices.COMPUTE_DTYPES
+TASK_LOSSES = choices.TASK_LOSSES
+PN_VARIANTS = choices.PN_VARIANTS
+REMATS = choices.REMAT_NAMES
 RESIDUALS = ("standard", "sew_add")
 ATTENTIONS = ("ssa", "sdsa")
 # Datasets read from their own on-disk format: an empty data_dir cannot work.
@@ -124,6 +127,8 @@ FIELDS: tuple[Field, ...] = (
     F("eval_every_steps", "int", 0, "0: evaluate once per epoch", lo=0),
     F("checkpoint_every_steps", "int", 0, "0: checkpoint once per epoch (and always at the end)",
       lo=0),
+    F("checkpoint_every_seconds", "float", 0.0, "also checkpoint when this long since the "
+      "last (0: off)", lo=0.0),
     F("keep_checkpoints", "int", 2, "orbax max_to_keep", lo=1),
     F("progress_bar", "bool", True, "progress on process 0 (a bar on a terminal, lines "
       "otherwise)"),
@@ -231,7 +236,7 @@ def _placeholder(f: Field) -> Any:
 
 
 def neuron_config(name: str = "cf", **overrides: Any) -> ml_collections.ConfigDict:
-  """``name`` picks a preset of ``neurons.NEURON_PRESETS``; a field left ``None`` keeps the
+  """``name`` picks a preset of ``neuron_spec.NEURON_PRESETS``; a field left ``None`` keeps the
   preset's value, a set field overrides it (e.g. ``--config.neuron.levels=2``)."""
   c = ml_collections.ConfigDict()
   for f in NEURON_FIELDS:
@@ -451,14 +456,12 @@ def validate_config(config: Any, *, require_data_dir: bool = False) -> None:
   neuron_spec(config.neuron)  # preset names and the neuron's own consistency rules
 
 
-def neuron_spec(neuron_cfg: Any):
-  """The ``neurons.NeuronSpec`` of a ``config.neuron`` section (imports jax)."""
-  from cfsnn_jax import neurons
-
+def neuron_spec(neuron_cfg: Any) -> neuron_spec_lib.NeuronSpec:
+  """The resolved ``NeuronSpec`` of a ``config.neuron`` section (jax-free)."""
   fields = dict(neuron_cfg)
   name = fields.pop("name")
   try:
-    return neurons.resolve_spec(name, **fields)
+    return neuron_spec_lib.resolve_spec(name, **fields)
   except UserError:
     raise
   except ValueError as e:  # neurons' own checks: user input, one line

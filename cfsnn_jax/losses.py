@@ -2,9 +2,10 @@
 
 - ``cross_entropy(logits_TBK, labels_B, label_smoothing)``: CE on the time-mean logits.
 - ``tet_loss(logits_TBK, labels_B, lam, phi, label_smoothing)``: TET (Deng et al., 2022).
-- ``pn_loss(aux, variant)``: positive-negative balanced loss over layers and steps, from the
-  ``NeuronAux`` statistics (fields ``[L, T]``) the spiking layers return.
-- ``task_loss(name, ...)``: dispatch by config name with a one-line error for unknown names.
+- ``pn_loss(stats, variant)``: positive-negative balanced loss over layers and steps, from the
+  ``neurons.NeuronStats`` (fields ``[L, T]``) the spiking layers return.
+- ``task_loss(name, ...)``: dispatch by config name (``choices.TASK_LOSSES``) with a one-line
+  ``UserError`` for unknown names.
 All return scalars (mean over the batch).
 """
 
@@ -14,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cfsnn_jax.layers import NeuronAux
-
-TASK_LOSSES = ("ce", "tet")
-PN_VARIANTS = ("mean", "sign")
+from cfsnn_jax.choices import PN_VARIANTS, TASK_LOSSES
+from cfsnn_jax.errors import unknown_choice
+from cfsnn_jax.neurons import NeuronStats
 
 
 def _smoothed_ce(logits_BK: jax.Array, labels_B: jax.Array, label_smoothing: float) -> jax.Array:
@@ -40,13 +40,13 @@ def tet_loss(logits_TBK: jax.Array, labels_B: jax.Array, lam: float = 1e-3, phi:
   return (1 - lam) * ce_TB.mean() + lam * mse
 
 
-def pn_loss(aux: NeuronAux, variant: str = "mean") -> jax.Array:
+def pn_loss(aux: NeuronStats, variant: str = "mean") -> jax.Array:
   """mean_{l,t} (P - N)^2 (``mean``) or mean_{l,t} mean(tanh(kappa H))^2 (``sign``)."""
   if variant == "mean":
     return jnp.mean(jnp.square(aux.h_pos_T - aux.h_neg_T))
   if variant == "sign":
     return jnp.mean(jnp.square(aux.h_tanh_T))
-  raise ValueError(f"unknown pn_variant {variant!r}; valid choices: {', '.join(PN_VARIANTS)}")
+  raise unknown_choice("pn_variant", variant, PN_VARIANTS)
 
 
 def task_loss(name: str, logits_TBK: jax.Array, labels_B: jax.Array, *,
@@ -56,11 +56,12 @@ def task_loss(name: str, logits_TBK: jax.Array, labels_B: jax.Array, *,
     return cross_entropy(logits_TBK, labels_B, label_smoothing)
   if name == "tet":
     return tet_loss(logits_TBK, labels_B, tet_lambda, tet_phi, label_smoothing)
-  raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(TASK_LOSSES)}")
+  raise unknown_choice("loss", name, TASK_LOSSES)
 
 
 def validate_loss_config(name: str, pn_variant: str) -> None:
+  """One-line ``UserError`` for an unknown loss or PN variant (jax-free twin: config_schema)."""
   if name not in TASK_LOSSES:
-    raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(TASK_LOSSES)}")
+    raise unknown_choice("loss", name, TASK_LOSSES)
   if pn_variant not in PN_VARIANTS:
-    raise ValueError(f"unknown pn_variant {pn_variant!r}; valid choices: {', '.join(PN_VARIANTS)}")
+    raise unknown_choice("pn_variant", pn_variant, PN_VARIANTS)

@@ -9,6 +9,9 @@ from typing import Any
 import jax
 import optax
 
+from cfsnn_jax.choices import OPTIMIZERS
+from cfsnn_jax.errors import unknown_choice
+
 
 def decay_mask(params: Any) -> Any:
   """True for leaves that get weight decay: kernels / embeddings with ndim >= 2."""
@@ -47,5 +50,5 @@ def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformati
       parts.append(optax.add_decayed_weights(opt_cfg.weight_decay, mask=decay_mask))
     parts.append(optax.sgd(schedule, momentum=opt_cfg.momentum, nesterov=False))
   else:
-    raise ValueError(f"unknown optimizer {opt_cfg.name!r}; valid choices: adamw, sgd")
+    raise unknown_choice("optimizer", opt_cfg.name, OPTIMIZERS)
   return optax.chain(*parts)

@@ -13,6 +13,14 @@ import ml_collections
 from cfsnn_jax import config_schema, data
 
 
+def _sgd_cifar(c: ml_collections.ConfigDict) -> None:
+  """The CIFAR ResNet recipes' optimizer: SGD lr 0.1, momentum 0.9, weight decay 1e-4."""
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+
+
 def cifar_resnet19(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
   """CF-SNN on CIFAR-10/100: ResNet-19, CF + per-step LSG + PN, SGD 0.1 cosine, 300 epochs."""
   c = config_schema.base_config()
@@ -25,10 +33,7 @@ def cifar_resnet19(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
   c.neuron = config_schema.neuron_config("cf", surrogate_mode="per_step")
   c.loss.label_smoothing = 0.1
   c.loss.pn_weight = 1e-3
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
+  _sgd_cifar(c)
   c.batch_size = 128
   c.num_epochs = 300
   if arg == "tiny":
@@ -47,19 +52,18 @@ def dsatgo_cifar_resnet19(dataset: str, arg: str | None) -> ml_collections.Confi
   c.num_steps = 2  # T
   c.model.name = "resnet19"
   c.model.residual = "sew_add"  # SEW-ADD residuals
+  c.model.stem_width = 128  # the DS-ATGO code's ResNet-19 stem (TET's, the default, is 64)
   c.model.per_step_bn = False
   c.neuron = config_schema.neuron_config("dsatgo", dynamic_stat="std")
   c.loss.label_smoothing = 0.1
   c.loss.pn_weight = 0.0  # DS-ATGO alone; set 1e-3 to combine with the PN loss
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
+  _sgd_cifar(c)
   c.batch_size = 100
   c.num_epochs = 400
   if arg == "tiny":
     config_schema.make_tiny(c)
     c.model.widths = (8, 16, 16)
+    c.model.stem_width = 8
     c.model.head_hidden = 16
   return c
 

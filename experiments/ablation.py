@@ -94,14 +94,14 @@ def variant_config(name: str, seed: int, epochs: int, tiny: bool = False):
 
 
 def run_one(name: str, seed: int, epochs: int, workdir: str, tiny: bool = False) -> dict:
-  from cfsnn_jax import train
+  from cfsnn_jax import run
   done = os.path.join(workdir, "ablation_run.json")
   if os.path.exists(done):
     with open(done) as f:
       return _with_per_step_stats(json.load(f), workdir)
   config = variant_config(name, seed, epochs, tiny)
   t0 = time.perf_counter()
-  summary = train.train_and_evaluate(config, workdir)
+  summary = run.run(config, workdir)  # training + the end-of-run report (analysis.json)
   wall = time.perf_counter() - t0
   row = {"variant": name, "seed": seed, "test_accuracy": summary["test_accuracy"],
          "firing_rate": summary["test_firing_rate"], "train_time_s": summary["train_time_s"],

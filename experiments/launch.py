@@ -14,7 +14,7 @@ overrides, ``num_steps=2_seed=0``). ``--set`` (repeatable, ``config.FIELD=VALUE`
 ``FIELD=VALUE``) adds overrides to every point, such as the data directory; it may not set a
 field the sweep itself varies. ``--tiny`` runs every point on the config's ``:tiny`` branch.
 Every point's flags are parsed and validated exactly as ``cfsnn_jax.main`` does
-(``main.parse_and_validate``) before anything runs, so a stale sweep fails at once, naming the
+(``command_line.parse_and_validate``) before anything runs, so a stale sweep fails at once, naming the
 bad field. Locally ``--parallel=N`` runs N points at a time, each logging to
 ``<workdir>.log``; with N = 1 the points run one after another in this terminal. On a TPU pod
 each point is one ``gcloud compute tpus tpu-vm ssh --worker=all`` line: every worker runs the
@@ -75,7 +75,7 @@ def parse_sets(sets: list[str]) -> dict:
 def check_point(config_path: str, args: list[str], overrides: dict) -> None:
   """Parses and validates the point's flags as ``cfsnn_jax.main`` does (data paths apart:
   they may exist only where the point runs)."""
-  from cfsnn_jax import main as cli
+  from cfsnn_jax import command_line as cli
   try:
     cli.parse_and_validate(["launch", f"--config={config_path}", *args], check_paths=False)
   except UserError as e:

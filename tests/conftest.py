@@ -1,13 +1,20 @@
-"""Test set-up: 4 simulated CPU devices, float32 matmuls, and no network access."""
+"""Test set-up: 4 simulated CPU devices, float32 matmuls, no network access, and one
+persistent JAX compilation cache per test session (a fresh directory, inherited by the CLI
+subprocesses the tests start, so the many identical ``:tiny`` steps compile once)."""
 
 import os
 import socket
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cfsnn_jax_tests_jit_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pytest  # noqa: E402
 
@@ -40,3 +47,10 @@ socket.create_connection = _guarded_create_connection
 @pytest.fixture
 def tmp_workdir(tmp_path):
   return str(tmp_path / "workdir")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+  if os.path.basename(cache).startswith("cfsnn_jax_tests_jit_"):
+    import shutil
+    shutil.rmtree(cache, ignore_errors=True)

@@ -110,7 +110,8 @@ def test_activation_products_count_unit_accumulations_exactly():
 
 
 def _resnet19_macs_independent(h=32, w=32, c=3, classes=10):
-  """sum over convs of H_out W_out k^2 C_in C_out + FC, from the architecture in METHOD §6."""
+  """sum over convs of H_out W_out k^2 C_in C_out + FC, from the architecture in METHOD §6
+  (the DS-ATGO variant: stem 128)."""
   total, size, in_ch = h * w * 9 * c * 128, h, 128  # stem conv3x3 / 128
   for blocks, width, stride in zip((3, 3, 2), (128, 256, 512), (1, 2, 2)):
     for i in range(blocks):
@@ -126,9 +127,9 @@ def _resnet19_macs_independent(h=32, w=32, c=3, classes=10):
 @pytest.mark.parametrize("residual", ["sew_add", "standard"])
 def test_resnet19_macs_match_independent_count(residual):
   factory = layers.NeuronFactory(neurons.resolve_spec("dsatgo"), 2)
-  model = nnx.eval_shape(lambda: resnet.resnet19(
+  model = nnx.eval_shape(lambda: resnet.resnet19(  # the DS-ATGO code's stem of 128
       input_shape=(32, 32, 3), num_classes=10, neuron=factory, residual=residual,
-      rngs=nnx.Rngs(0)))
+      stem_width=128, rngs=nnx.Rngs(0)))
   ops = energy.trace_synaptic_ops(model, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
   assert sum(op.macs for op in ops) == _resnet19_macs_independent() == 2_285_373_952
   assert len(ops) == 19 + 2 and [op.kind for op in ops].count("conv") == 19
@@ -203,7 +204,7 @@ def test_forward_order_matches_model_aux_rows():
   stats = spiking_stats.collect_spiking_stats(model, [x])
   model.eval()
   _, aux = model(jnp.asarray(x))
-  assert stats.names[0] == "stem_sn" and stats.names[-1] == "blocks.1.down_sn"
+  assert stats.names[0] == "stem_neuron" and stats.names[-1] == "blocks.1.down_neuron"
   np.testing.assert_allclose(stats.rate_LT, np.asarray(aux.rate_T), atol=1e-6)
 
 

@@ -30,8 +30,8 @@ def test_model_fields_equal_the_constructors():
 
 def test_choices_equal_the_registries():
   from cfsnn_jax import losses
-  from cfsnn_jax.models import common
-  assert config_schema.REMATS == tuple(common.REMATS)
+  from cfsnn_jax import remat
+  assert config_schema.REMATS == tuple(remat.REMATS)
   assert config_schema.TASK_LOSSES == tuple(losses.TASK_LOSSES)
   assert config_schema.PN_VARIANTS == tuple(losses.PN_VARIANTS)
 

@@ -124,7 +124,8 @@ def test_cifar10_dvs_loader_frames_labels_and_split(cifar10_dvs_dir):
   split = json.loads((cifar10_dvs_dir / "split.json").read_text())
   # the recording of class 'bird' (label 2) listed as test
   i = split["test"]["bird"][0]
-  idx = [n for n, s in enumerate(splits.test.samples) if s[1] == f"bird_{i}"][0]
+  idx = [n for n, s in enumerate(splits.test.samples)
+         if s.name.endswith(f"cifar10_bird_{i}.aedat")][0]
   ex = splits.test[idx]
   assert ex["label"] == 2 and ex["label"].dtype == np.int32
   f = ex["image"]
@@ -135,8 +136,8 @@ def test_cifar10_dvs_loader_frames_labels_and_split(cifar10_dvs_dir):
   for n in range(4):
     expected[n // 2, 127 - xr[n], 127 - yr[n], 1 - pr[n]] += 1
   np.testing.assert_array_equal(f, expected)
-  train_keys = {s[1] for s in splits.train.samples}
-  test_keys = {s[1] for s in splits.test.samples}
+  train_keys = {s.name for s in splits.train.samples}
+  test_keys = {s.name for s in splits.test.samples}
   assert not train_keys & test_keys and len(train_keys | test_keys) == 30
 
 
@@ -148,8 +149,10 @@ def test_cifar10_dvs_resize_and_cache(cifar10_dvs_dir, monkeypatch):
   assert splits.info.input_shape == (48, 48, 2)
   first = splits.train[0]["image"]
   assert first.shape == (2, 48, 48, 2) and first.sum() > 0
-  folder = cache_dir / "cifar10_dvs-T2-48x48-v1"
-  assert sorted(os.listdir(folder)) == [splits.train.samples[0][1] + ".npy"]
+  key = splits.train.samples[0].key
+  folder = cache_dir / "cifar10_dvs-v2" / key[:2]
+  assert [str(p.relative_to(cache_dir)) for p in cache_dir.rglob("*.npy")] == [
+      f"cifar10_dvs-v2/{key[:2]}/{key}.npy"]
   monkeypatch.setattr(aedat, "read_aedat2", lambda p: pytest.fail("decoded again"))
   np.testing.assert_array_equal(splits.train[0]["image"], first)
   monkeypatch.undo()
@@ -162,7 +165,7 @@ def test_cifar10_dvs_resize_and_cache(cifar10_dvs_dir, monkeypatch):
 def test_cifar10_dvs_errors(cifar10_dvs_dir, tmp_path):
   with pytest.raises(data.DataError) as e:
     data.load_dataset(make_config("cifar10_dvs", tmp_path / "nowhere"))
-  one_line_error(e, "nowhere", "airplane")
+  one_line_error(e, "nowhere", "no CIFAR10-DVS layout", "<class>/cifar10_<class>_<n>.aedat")
   bad = str(cifar10_dvs_dir / "CIFAR10-DVS" / "cat" / "cifar10_cat_1.aedat")
   with open(bad, "wb") as f:
     f.write(b"#!AER-DAT3.1\r\n" + b"\0" * 16)
@@ -179,7 +182,7 @@ def test_cifar10_dvs_errors(cifar10_dvs_dir, tmp_path):
                     split_file=str(cifar10_dvs_dir / "split.json"))
   with pytest.raises(data.DataError) as e:
     data.load_dataset(cfg)
-  one_line_error(e, "cifar10_cat_1.aedat", "recording 1 of class cat")
+  one_line_error(e, "CIFAR10-DVS/cat", "missing recording 1 of class cat")
 
 
 def test_published_cifar10_dvs_split_follows_the_documented_rule():

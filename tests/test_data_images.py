@@ -168,10 +168,13 @@ def test_tiny_imagenet_errors(tiny_dir, tmp_path):
   ann.write_text("val_0.JPEG\tn01\t0\t0\t10\t10\n")
   broken = tiny_dir / "tiny-imagenet-200" / "train" / "n01" / "images" / "n01_0.JPEG"
   broken.write_bytes(b"not a jpeg")
-  splits = data.load_dataset(make_config("tiny_imagenet", tiny_dir))
+  with pytest.raises(data.DataError) as e:  # the header pass, before training
+    data.load_dataset(make_config("tiny_imagenet", tiny_dir))
+  one_line_error(e, str(broken), "unreadable", "64x64 JPEG")
+  splits = data.load_dataset(make_config("tiny_imagenet", tiny_dir, verify=False))
   with pytest.raises(data.DataError) as e:
     splits.train[0]
-  one_line_error(e, str(broken), "unreadable image")
+  one_line_error(e, str(broken), "unreadable", "64x64 JPEG")
 
 
 # ---------------------------------------------------------------- augmentation

@@ -131,19 +131,28 @@ def test_event_hooks():
   assert data.train_augment(c, info) is None
 
 
-@pytest.mark.parametrize("name", sorted(data.fixtures.WRITERS))
-def test_fixture_data_dir_feeds_the_batch_contract(name, tmp_path, monkeypatch):
-  """``data_dir = "fixture"``: the real loader on a seeded fixture in the real format, through
-  the hooks and the pipeline, gives the batch contract of the dataset's kind."""
+@pytest.mark.parametrize("name,layout", [
+    (n, lay) for n in sorted(data.fixtures.WRITERS)
+    for lay in ("auto",) + data.fixtures.FIXTURE_LAYOUTS[n][1:]])
+def test_fixture_data_dir_feeds_the_batch_contract(name, layout, tmp_path, monkeypatch):
+  """``data_dir = "fixture"``: the real loader on a seeded fixture in the real format (each
+  layout the fixture can write), through the hooks and the pipeline, gives the batch
+  contract of the dataset's kind."""
+  if layout == "aedat4":
+    pytest.importorskip("dv_processing")
   monkeypatch.setenv("TMPDIR", str(tmp_path))
   import tempfile
   monkeypatch.setattr(tempfile, "tempdir", None)
   c = ml_collections.ConfigDict({"dataset": name, "data_dir": "fixture", "num_steps": 3,
                                  "seed": 0, "data": data.default_data_config(name)})
+  if layout != "auto":
+    c.data.layout = layout
   if name in ("cifar10_dvs", "dvs_gesture"):
     c.data.frame_size = (16, 16)
+  if layout == "frames":
+    c.num_steps = 4  # the SpikingJelly frames fixture holds T = 2 and 4
   splits = data.load_dataset(c)
-  assert str(tmp_path) in data.fixtures.materialize(name)[0]
+  assert str(tmp_path) in data.fixtures.materialize(name, layout=layout)[0]
   assert len(splits.train) >= 16 and len(splits.test) >= 8
   it = pipeline.train_iterator(splits.train, 8, 0, augment=data.train_augment(c, splits.info))
   batch = next(it)
@@ -161,4 +170,4 @@ def test_fixture_data_dir_feeds_the_batch_contract(name, tmp_path, monkeypatch):
       assert abs(float(b["image"].mean())) < 3  # normalised, not raw 0..255
     else:
       assert b["image"].dtype == np.float32
-      assert b["image"].shape == (8, 3) + info.input_shape and b["image"].sum() > 0
+      assert b["image"].shape == (8, c.num_steps) + info.input_shape and b["image"].sum() > 0

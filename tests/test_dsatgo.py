@@ -13,7 +13,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import checkpointing, data, layers, neurons, train
+from cfsnn_jax import checkpointing, data, layers, neurons, steps, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -84,7 +84,7 @@ def test_ema_update_and_eval_use():
 def _thresholds_on(devices, x):
   layer = layers.SpikingNeuron(neurons.resolve_spec("dsatgo"), x.shape[0])
   graphdef, state = nnx.split(layer)
-  mesh = train.make_mesh(devices)
+  mesh = steps.make_mesh(devices)
   x = jax.device_put(x, NamedSharding(mesh, P(None, "data")))
   state = jax.device_put(state, NamedSharding(mesh, P()))
 
@@ -114,7 +114,7 @@ def test_checkpoint_round_trip_keeps_ema(tmp_workdir):
           if "theta_ema" in jax.tree_util.keystr(p)]
   assert emas and not np.allclose(emas[0], 1.0)  # moved away from its initial 1.0
   info = data.load_dataset(config).info
-  _, _, fresh, _, _ = train.create_train_state(config, info, 4)
+  _, _, fresh, _, _ = steps.create_train_state(config, info, 4)
   restored, step = checkpointing.restore_latest(checkpointing.make_manager(tmp_workdir),
                                                 fresh, None)
   assert step == 4

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cfsnn_jax import losses
-from cfsnn_jax.layers import NeuronAux
+from cfsnn_jax.neurons import NeuronStats as NeuronAux
 
 
 def _ce(logits, label, eps):

@@ -29,8 +29,10 @@ def factory(name="cf", T=4, **overrides):
 
 # Tiny versions of every registered model: (registry name, kwargs, static_input).
 TINY = {
-    "resnet19": ("resnet19", dict(input_shape=(8, 8, 3), widths=(8, 8, 16), head_hidden=8), True),
+    "resnet19": ("resnet19", dict(input_shape=(8, 8, 3), widths=(8, 8, 16), head_hidden=8,
+                                  stem_width=8), True),
     "resnet19_sew": ("resnet19", dict(input_shape=(8, 8, 3), widths=(8, 8, 16), head_hidden=8,
+                                      stem_width=8,
                                       residual="sew_add"), True),
     "resnet20": ("resnet20", dict(input_shape=(8, 8, 3), widths=(8, 8, 16)), True),
     "resnet18": ("resnet18", dict(input_shape=(8, 8, 3), widths=(8, 8, 16, 16)), True),
@@ -288,3 +290,25 @@ def test_registry_builds_through_build_model():
       dict(name="text_transformer", embed_dim=16, depth=1, num_heads=2), factory("lif", 2),
       input_shape=(6,), num_classes=2, static_input=True, rngs=nnx.Rngs(0), vocab_size=11))
   assert text.embed.embedding.shape == (11, 16)
+
+
+def _count_spec(spec_name, num_classes, surrogate_mode=None, **kw):
+  spec = neurons.resolve_spec(spec_name, surrogate_mode=surrogate_mode)
+  return models.count_params(nnx.eval_shape(lambda: models.MODELS["resnet19"](
+      input_shape=(32, 32, 3), num_classes=num_classes, neuron=layers.NeuronFactory(spec, 4),
+      static_input=True, rngs=nnx.Rngs(0), **kw)))
+
+
+def test_resnet19_counts_match_their_sources_exactly():
+  """docs/MODELS.md: the TET layout (stem 64, conv1x1 + BN shortcut in the first block) is
+  the default; the DS-ATGO code's stem 128 is a field."""
+  assert _count_spec("lif", 100, "fixed") == 12_653_988  # TET, neurons without parameters
+  assert _count_spec("lif", 10, "fixed") == 12_630_858  # TET's published 12.63 M
+  assert _count_spec("lif", 100) == 12_653_988 + 18 * 4  # + per-step LSG rho, T = 4
+  assert _count_spec("lif", 100, stem_width=128) == 12_721_196  # stem 128, standard residual
+  assert _count_spec("lif", 100, "fixed", stem_width=128) == 12_721_196 - 18 * 4
+  assert _count_spec("dsatgo", 100, stem_width=128, residual="sew_add") == 12_721_144
+  from cfsnn_jax.configs import cifar100, dsatgo_cifar10, dsatgo_cifar100
+  assert dsatgo_cifar10.get_config().model.stem_width == 128
+  assert dsatgo_cifar100.get_config().model.stem_width == 128
+  assert "stem_width" not in cifar100.get_config().model  # the TET default

@@ -2,7 +2,6 @@
 reference, rematerialisation changes memory and not values, the ANN twin runs, the train and
 eval steps compile once across steps and epochs, and the benchmark entry point runs."""
 
-import functools
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfsnn_jax import config_schema, layers, models, neurons, train
+from cfsnn_jax import config_schema, layers, models, neurons, neurons_fused, steps
 from cfsnn_jax.data.sources import DatasetInfo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,8 +53,8 @@ def test_fused_bptt_equals_autodiff(name, overrides, unroll):
   w_th = jax.random.normal(jax.random.key(4), (T,))
 
   def loss(x, alpha, decay, theta, bptt):
-    S, H, th = neurons.run_neuron(x, spec, alpha_T=alpha, decay=decay, theta_T=theta,
-                                  unroll=unroll, bptt=bptt)
+    S, H, th = neurons_fused.run_neuron(x, spec, alpha_T=alpha, decay=decay, theta_T=theta,
+                                        unroll=unroll, bptt=bptt)
     return jnp.sum(S * w_s) + jnp.sum(jnp.tanh(H) * w_h) + jnp.sum(th * w_th)
 
   args = (x, jnp.linspace(2.0, 4.0, T), jnp.float32(0.45), jnp.linspace(0.8, 1.2, T))
@@ -76,14 +75,14 @@ def test_statistics_from_the_fused_pass_equal_statistics_of_h(name):
   w = jax.random.normal(jax.random.key(6), x.shape)
 
   def reference(x, alpha, decay):
-    S, H, _ = neurons.run_neuron(x, spec, alpha_T=alpha, decay=decay, bptt="autodiff")
+    S, H, _ = neurons.run_neuron(x, spec, alpha_T=alpha, decay=decay)  # the reference
     pos, neg = jnp.mean(jax.nn.relu(H), axis=(1, 2)), jnp.mean(jax.nn.relu(-H), axis=(1, 2))
     tanh = jnp.mean(jnp.tanh(kappa * H), axis=(1, 2))
     return jnp.sum(S * w) + jnp.sum((pos - neg) ** 2) + 3 * jnp.sum(tanh ** 2)
 
   def fused(x, alpha, decay):
-    S, H, _, st = neurons.run_neuron_with_stats(x, spec, alpha_T=alpha, decay=decay,
-                                                pn_kappa=kappa, unroll=True)
+    S, H, st = neurons_fused.run_neuron_with_stats(x, spec, alpha_T=alpha, decay=decay,
+                                                   pn_kappa=kappa, unroll=True)
     assert H is None  # not materialised unless asked for
     return (jnp.sum(S * w) + jnp.sum((st.h_pos_T - st.h_neg_T) ** 2)
             + 3 * jnp.sum(st.h_tanh_T ** 2))
@@ -98,7 +97,8 @@ def test_unrolled_and_scanned_time_loops_agree():
   spec = neurons.resolve_spec("cf")
   x = jax.random.normal(jax.random.key(7), (6, 2, 5)) * 2
   a = jnp.full((6,), 4.0)
-  outs = [neurons.run_neuron(x, spec, alpha_T=a, decay=0.5, unroll=u) for u in (1, 2, True)]
+  outs = [neurons_fused.run_neuron(x, spec, alpha_T=a, decay=0.5, unroll=u)
+          for u in (1, 2, True)]
   for o in outs[1:]:
     for p, q in zip(outs[0], o):
       np.testing.assert_array_equal(p, q)
@@ -234,10 +234,10 @@ def test_ann_twin_trains_through_the_train_step():
   config.neuron.activation = "relu"
   config.num_steps = 1
   info = DatasetInfo("synthetic", K, (8, 8, 3), static_input=True, synthetic=True)
-  graphdef, _, state, tx, _ = train.create_train_state(config, info, total_steps=10)
-  step = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
-                                   loss_cfg=config.loss), donate_argnums=(0,))
-  batch = _batch(np.random.default_rng(0), (8, 8, 3))
+  setup = steps.create_train_state(config, info, total_steps=10)
+  built = steps.make_steps(config, setup)
+  step, state = built.train, built.place(setup.state)
+  batch = built.to_global(_batch(np.random.default_rng(0), (8, 8, 3)))
   losses = []
   for _ in range(3):
     state, metrics = step(state, batch)
@@ -267,24 +267,17 @@ def _batch(rng, shape, n=8):
 
 
 def test_train_and_eval_steps_compile_once_across_steps_and_epochs():
-  """The loop's jitted train step (donated state, replicated out_shardings, 4 devices) and
-  eval step compile once each; more steps, an eval between "epochs" and a second epoch
-  add no compilation (counted with jax.monitoring and each jit's cache)."""
+  """The loop's jitted train step (``steps.make_steps``: donated state, replicated
+  out_shardings, 4 devices) and eval step compile once each; more steps, an eval between
+  "epochs" and a second epoch add no compilation (counted with jax.monitoring and each jit's
+  cache)."""
   config = _train_config()
   info = DatasetInfo("synthetic", K, (8, 8, 3), static_input=True, synthetic=True)
-  graphdef, eval_graphdef, state, tx, _ = train.create_train_state(config, info, 100)
-  mesh = train.make_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  state = jax.device_put(state, replicated)
-  p_train = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
-                                      loss_cfg=config.loss),
-                    donate_argnums=(0,), out_shardings=(replicated, replicated))
-  p_eval = jax.jit(functools.partial(train.eval_step, graphdef=eval_graphdef,
-                                     loss_cfg=config.loss))
+  setup = steps.create_train_state(config, info, 100)
+  built = steps.make_steps(config, setup)
+  p_train, p_eval, state = built.train, built.eval, built.place(setup.state)
   rng = np.random.default_rng(0)
-  batches = [{k: jax.make_array_from_process_local_data(sharded, v)
-              for k, v in _batch(rng, (8, 8, 3)).items()} for _ in range(4)]
+  batches = [built.to_global(_batch(rng, (8, 8, 3))) for _ in range(4)]
   compiles = []
 
   def listener(name, *_, **__):
@@ -292,6 +285,8 @@ def test_train_and_eval_steps_compile_once_across_steps_and_epochs():
       compiles.append(name)
 
   jax.monitoring.register_event_duration_secs_listener(listener)
+  cache_was = jax.config.jax_enable_compilation_cache  # a persistent-cache hit compiles nothing
+  jax.config.update("jax_enable_compilation_cache", False)
   try:
     state, _ = p_train(state, batches[0])  # first compilations
     jax.block_until_ready(p_eval(state, batches[0]))
@@ -304,6 +299,7 @@ def test_train_and_eval_steps_compile_once_across_steps_and_epochs():
         jax.block_until_ready(p_eval(state, b))
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+    jax.config.update("jax_enable_compilation_cache", cache_was)
   assert first >= 2  # the listener sees compilations at all
   assert len(compiles) == first, f"{len(compiles) - first} recompilation(s)"
   assert p_train._cache_size() == 1 and p_eval._cache_size() == 1
@@ -316,7 +312,8 @@ def test_benchmark_entry_point_runs_end_to_end(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   r = subprocess.run(
       [sys.executable, "-m", "benchmarks.run", "--models=resnet19", "--tiny", "--num_steps=2",
-       "--remat=none", "--steps=2", "--warmup=1", "--batch=4", "--no_isolate",
+       "--remat=none", "--ann_num_steps=1", "--steps=2", "--warmup=1", "--batch=4",
+       "--no_isolate",
        f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   report = json.loads(out.read_text())
@@ -330,3 +327,77 @@ def test_benchmark_entry_point_runs_end_to_end(tmp_path):
   summary = report["summary"]["resnet19/float32"]
   assert summary["memory_vs_T/none"] == {"2": 1.0}
   assert "| resnet19-tiny | ANN | 1" in r.stdout  # the printed table
+
+
+# ----------------------------------------------------------------------------- peers
+
+def test_peer_models_have_the_tet_parameter_count():
+  """benchmarks.peers compares equal models: TET ResNet-19 has 12,653,988 parameters in both
+  frameworks (SpikingJelly side skipped when the optional ``peers`` extra is missing)."""
+  from benchmarks.cases import BENCH_MODELS, Case, case_config, dataset_info
+  config = case_config(Case("resnet19_tet", 4, 8))
+  model = steps.build_model(config, dataset_info(Case("resnet19_tet", 4, 8)),
+                            nnx.Rngs(jax.random.key(0)))
+  assert models.count_params(model) == 12_653_988
+  pytest.importorskip("torch")
+  pytest.importorskip("spikingjelly")
+  from benchmarks import peers
+  sj, _ = peers._sj_model("resnet19_tet", tiny=False, num_steps=4)
+  assert sum(p.numel() for p in sj.parameters()) == 12_653_988
+  assert BENCH_MODELS["resnet19_tet"]["model"]["stem_width"] == 64
+
+
+def test_peers_benchmark_runs_interleaved_on_tiny_models():
+  pytest.importorskip("torch")
+  pytest.importorskip("spikingjelly")
+  from benchmarks import peers
+  rows = peers.compare(["resnet19_tet"], [4], steps=2, tiny=True)
+  (r,) = rows
+  assert r["steps"]["jax"][0]["wall_s"] > 0 and len(r["steps"]["sj"]) == 2
+  assert r["jax_step_s"] > 0 and r["sj_step_s"] > 0 and r["ratio_wall"] > 0
+  assert np.isfinite([s["loss"] for k in ("jax", "sj") for s in r["steps"][k]]).all()
+  assert all(0 < s["util"] for s in r["steps"]["jax"])
+
+
+def test_device_check_covers_the_accelerator_cases_and_runs_on_cpu(tmp_path):
+  """``--device_check``: the full case list is the issue's (ResNet-19 T=4 at 64/128 in fp32
+  and bf16, VGGSNN T=10, Spikformer); its tiny form runs here on CPU (one model, one step)."""
+  from benchmarks import run
+  full = {(c.model, c.num_steps, c.batch, c.dtype) for c in run.device_check_cases(tiny=False)}
+  assert full == {("resnet19", 4, 64, "float32"), ("resnet19", 4, 128, "float32"),
+                  ("resnet19", 4, 64, "bfloat16"), ("resnet19", 4, 128, "bfloat16"),
+                  ("vggsnn", 10, 64, "float32"), ("spikformer", 4, 64, "float32")}
+  assert run.device_peak("NVIDIA H200", "bfloat16") == 989e12
+  assert run.device_peak("cpu", "float32") is None
+  out = tmp_path / "dc.json"
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  r = subprocess.run(
+      [sys.executable, "-m", "benchmarks.run", "--device_check", "--tiny", "--models=vggsnn",
+       "--steps=1", "--warmup=0", "--skip_training_run", f"--out={out}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  report = json.loads(out.read_text())
+  (res,) = report["results"]
+  assert res["case"]["model"] == "vggsnn" and res["step_s_median"] > 0 and res["finite"]
+  assert report["machine"]["cpu_tuning"]["enabled"]  # the CLI's CPU settings, reported
+  assert "| vggsnn-tiny SNN T=2" in r.stdout
+
+
+def test_op_profile_classifies_the_three_convolutions_of_a_gradient():
+  """benchmarks.op_profile's op classes (the per-class before/after table of
+  docs/PERFORMANCE.md) tell forward, input-gradient and weight-gradient convs apart, by
+  library."""
+  from benchmarks.op_profile import classify
+  from cfsnn_jax import xla_cpu
+  x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
+
+  def loss(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(y))
+  low = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w)
+  for opts, lib in ((xla_cpu.compiler_options(), "xla"), ({}, "ynn")):
+    got = {v for v in classify(low.compile(compiler_options=opts).as_text()).values()}
+    convs = {c for c, _ in got if c.startswith("conv")}
+    assert convs == {"conv_fwd", "conv_dgrad", "conv_wgrad"}, got
+    assert {l for c, l in got if c.startswith("conv")} == {lib}, got

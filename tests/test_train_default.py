@@ -8,7 +8,7 @@ import sys
 import jax
 import pytest
 
-from cfsnn_jax import config_schema, train
+from cfsnn_jax import config_schema, run, train
 from cfsnn_jax.metric_writers import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +18,7 @@ from configs import default as default_config  # noqa: E402
 
 def test_tiny_default_trains_and_writes_workdir(tmp_workdir):
   config = default_config.get_config("tiny")
-  summary = train.train_and_evaluate(config, tmp_workdir)
+  summary = run.run(config, tmp_workdir)
   assert summary["steps"] == 6
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   files = os.listdir(tmp_workdir)

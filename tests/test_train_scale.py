@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import checkpointing, data, optim, train
+from cfsnn_jax import checkpointing, data, optim, run, steps, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -27,14 +27,14 @@ from configs import mnist5k as mnist5k_config  # noqa: E402
 
 def _grads_on(devices, config, batch):
   info = data.load_dataset(config).info
-  graphdef, _, state, _, _ = train.create_train_state(config, info, 10)
-  mesh = train.make_mesh(devices)
+  graphdef, _, state, _, _ = steps.create_train_state(config, info, 10)
+  mesh = steps.make_mesh(devices)
   rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   params, rest = jax.device_put((state["params"], state["rest"]), rep)
   batch = jax.device_put(batch, shard)
-  fn = jax.jit(functools.partial(train.loss_and_grads, graphdef=graphdef, loss_cfg=config.loss))
-  (loss, (new_rest, *_)), grads = fn(params, rest, batch)
-  return jax.device_get((loss, grads, new_rest))
+  fn = jax.jit(functools.partial(steps.loss_and_grads, graphdef=graphdef, loss_cfg=config.loss))
+  out = fn(params, rest, batch)
+  return jax.device_get((out.loss, out.grads, out.rest))
 
 
 @pytest.mark.parametrize("neuron", ["cf", "dsatgo"])
@@ -108,7 +108,7 @@ def test_interrupted_save_never_becomes_latest(tmp_workdir):
   manager = checkpointing.make_manager(tmp_workdir)
   assert manager.latest_step() == 6
   info = data.load_dataset(config).info
-  _, _, state, _, _ = train.create_train_state(config, info, 6)
+  _, _, state, _, _ = steps.create_train_state(config, info, 6)
   restored, step = checkpointing.restore_latest(manager, state, None)
   assert step == 6 and int(restored["step"]) == 6
 
@@ -117,8 +117,13 @@ def test_incompatible_checkpoint_fails_with_one_line(tmp_workdir):
   config = default_config.get_config("tiny")
   train.train_and_evaluate(config, tmp_workdir)
   config.model.hidden = (16,)
+  with pytest.raises(ValueError, match="holds another run: model.hidden") as e:
+    train.train_and_evaluate(config, tmp_workdir)  # refused from config.json, before writing
+  assert "\n" not in str(e.value)
+  info = data.load_dataset(config).info
+  _, _, state, _, _ = steps.create_train_state(config, info, 6)
   with pytest.raises(ValueError, match="does not match this model/config") as e:
-    train.train_and_evaluate(config, tmp_workdir)
+    checkpointing.restore_latest(checkpointing.make_manager(tmp_workdir), state, None)
   assert "\n" not in str(e.value)
 
 
@@ -127,7 +132,7 @@ def test_init_from_copies_parameters_not_optimizer(tmp_path):
   src = str(tmp_path / "src")
   trained = train.train_and_evaluate(config, src)["state"]
   info = data.load_dataset(config).info
-  _, _, fresh, _, _ = train.create_train_state(config, info, 6)
+  _, _, fresh, _, _ = steps.create_train_state(config, info, 6)
   tuned = checkpointing.init_from(src, fresh)
   for x, y in zip(jax.tree.leaves(tuned["params"]), jax.tree.leaves(trained["params"])):
     np.testing.assert_array_equal(x, y)
@@ -146,7 +151,7 @@ def test_batch_size_not_divisible_by_devices(tmp_workdir):
 def test_bfloat16_compute_keeps_float32_parameters(tmp_workdir):
   config = default_config.get_config("tiny")
   config.compute_dtype = "bfloat16"
-  summary = train.train_and_evaluate(config, tmp_workdir)
+  summary = run.run(config, tmp_workdir)
   leaves = jax.tree.leaves(summary["state"]["params"])
   assert all(x.dtype == jnp.float32 for x in leaves)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
@@ -157,7 +162,7 @@ def test_weight_decay_mask_skips_bn_bias_and_neuron_parameters():
   config = mnist5k_config.get_config("tiny")
   config.neuron.charge = "plif"
   info = data.load_dataset(config).info
-  _, _, state, _, _ = train.create_train_state(config, info, 10)
+  _, _, state, _, _ = steps.create_train_state(config, info, 10)
   mask = optim.decay_mask(state["params"])
   flat = {"/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)): v
           for path, v in jax.tree_util.tree_leaves_with_path(mask)}

@@ -1,6 +1,7 @@
 """Analyses of trained (or fresh) spiking models: numbers and matplotlib plots.
 
-Modules never import ``cfsnn_jax.train``; they take models, parameters, batches or a workdir.
-The one exception is the energy CLI glue, ``energy_cli.main``, which imports it inside the
-function to rebuild a run's state. docs/ANALYSIS.md states every counting rule.
+Modules never import ``cfsnn_jax.train`` (and ``train`` never imports them: ``run.run``
+writes the end-of-run report); they take models, parameters, batches or a workdir. The energy
+CLI (``python -m cfsnn_jax.analysis.energy``: ``energy/__main__.py`` -> ``energy_cli``)
+rebuilds a run's state with ``cfsnn_jax.steps``. docs/ANALYSIS.md states every counting rule.
 """

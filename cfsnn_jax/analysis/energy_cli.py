@@ -1,11 +1,11 @@
 """CLI of the energy estimate: ``python -m cfsnn_jax.analysis.energy --config=X --workdir=DIR``.
 
-The one analysis module that touches ``cfsnn_jax.train``: it rebuilds the training state of
-``--config`` (imported inside ``main``, so importing this module imports no training code),
-restores the latest checkpoint of ``--workdir`` if there is one (fresh parameters otherwise,
+It rebuilds the training state of ``--config`` (``steps.create_train_state``, imported inside
+``main``: importing this module imports no model code), restores the latest checkpoint of
+``--workdir`` if there is one (fresh parameters otherwise,
 said on stdout), runs ``--num_batches`` test batches, prints the per-layer table and writes
 ``energy.json`` + ``energy.md`` into the workdir. Flags are parsed in ``run()`` by
-``cfsnn_jax.main.parse_and_validate`` (a config path or name, ``:tiny``, the config schema,
+``cfsnn_jax.command_line.parse_and_validate`` (a config path or name, ``:tiny``, the config schema,
 one ``error:`` line per bad input) on a private flag set, so this module can be imported
 next to ``cfsnn_jax.main``.
 """
@@ -19,14 +19,15 @@ import sys
 def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float) -> int:
   from flax import nnx
 
-  from cfsnn_jax import checkpointing, config_schema, data, train
+  from cfsnn_jax import checkpointing, config_schema, data, steps
   from cfsnn_jax.analysis import energy, spiking_stats
   from cfsnn_jax.data import pipeline
 
   config_schema.validate_config(config)
   splits = data.load_dataset(config)
   info = splits.info
-  _, eval_graphdef, state, _, num_params = train.create_train_state(config, info, 1)
+  setup = steps.create_train_state(config, info, 1)
+  eval_graphdef, state, num_params = setup.eval_graphdef, setup.state, setup.num_params
   where = "fresh parameters (no checkpoint)"
   manager = spiking_stats.read_only_checkpoints(workdir)  # a run may still be writing there
   if manager is not None:
@@ -59,7 +60,7 @@ def run(argv: list[str] | None = None) -> None:
   ``--num_batches``, ``--e_mac``, ``--e_ac``; every bad input is one ``error:`` line."""
   from absl import logging
 
-  from cfsnn_jax import main as cli
+  from cfsnn_jax import command_line as cli
   from cfsnn_jax.errors import UserError
 
   argv = list(sys.argv if argv is None else argv)

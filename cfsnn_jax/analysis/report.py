@@ -15,6 +15,11 @@ writes into ``workdir``:
 - ``analysis.json``: every number above.
 Returns a small summary dict (mean firing rate, mean gradient-available share, energy).
 Call it on process 0 only; it copies the replicated state to host memory first.
+
+``tensorboard_statistics(step, eval_model, eval_batches, writer)``: the training loop's
+``on_eval`` hook (``run.run``): eval-mode statistics of one test batch (per-layer firing rate
+per time step, potential samples, thresholds) to ``writer.write_spiking_stats``;
+single-process runs only (multi-host arrays are not addressable on process 0 alone).
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ from cfsnn_jax.analysis import energy, inputs, plots, spiking_stats
 def _histograms_json(hists: list[dict], names: list[str]) -> dict:
   return {n: {"edges": np.asarray(h["edges"]).tolist(),
               "counts_T": np.asarray(h["counts_T"]).tolist()} for n, h in zip(names, hists)}
+
+
+def tensorboard_statistics(step: int, eval_model: Any, eval_batches: Iterable[Any],
+                           writer: Any) -> None:
+  if jax.process_count() != 1:
+    return
+  batch = next(iter(eval_batches))
+  writer.write_spiking_stats(step, spiking_stats.collect_spiking_stats(eval_model, [batch]))
 
 
 def write_training_report(eval_graphdef: Any, state: dict, batches: Iterable[Any],

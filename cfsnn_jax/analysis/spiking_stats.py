@@ -9,14 +9,14 @@ Contract:
   and returns, per layer and time step (``[L, T]`` arrays, weighted by examples):
   ``rate_LT`` (mean ``|S|``: spikes per neuron and step, multi-level counts, signed ``|S|``),
   ``grad_share_LT`` (share of potentials inside the gradient-available interval,
-  ``neurons.gradient_available`` with the layer's own threshold and sharpness), ``theta_LT``
+  ``gradient_available`` with the layer's own threshold and sharpness), ``theta_LT``
   (threshold used), ``alpha_LT`` (surrogate sharpness used; DS-ATGO's dynamic surrogate:
-  ``1 / width`` from that batch's statistic, exactly as ``neurons.run_neuron``), and a sample
+  ``1 / width`` from that batch's statistic, ``neurons.dynamic_alpha``), and a sample
   of membrane potentials per layer for histograms. ``training=True`` runs in train mode
   (batch statistics, DS-ATGO batch thresholds; the copy's state updates are discarded): what
   the backward pass sees. ``training=False``: inference.
-- ``gradient_available_share(h, theta, alpha, spec)``, ``effective_alpha_T(...)``: the pure
-  pieces, for tests and notebooks. ``membrane_histograms(stats)``: counts per step + edges.
+- ``gradient_available(h, theta, alpha, spec)`` (mask), ``gradient_available_share``,
+  ``effective_alpha_T(...)``: the pure pieces, for tests and notebooks. ``membrane_histograms(stats)``: counts per step + edges.
 - Learned surrogate shapes: ``neuron_parameters(model)`` (alpha per step, DS-ATGO EMA
   threshold, decay per layer), ``neuron_scalars(model)`` (``alpha/<layer>/<t>`` and
   ``theta_ema/<layer>/<t>`` for a metrics log), and their evolution over training from the
@@ -39,9 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import neurons
+from cfsnn_jax import checkpointing, neurons
 from cfsnn_jax.analysis import inputs
-from cfsnn_jax.layers import SpikingNeuron
+from cfsnn_jax.layers import (SpikingNeuron, layer_name, neuron_parameters,  # noqa: F401
+                              neuron_scalars)
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,18 +54,35 @@ def effective_alpha_T(H_TN: jax.Array, theta_T: jax.Array, alpha_T: jax.Array,
                       spec: neurons.NeuronSpec) -> jax.Array:
   """Surrogate sharpness each step's backward uses: ``alpha_T`` (learned or fixed), or for the
   DS-ATGO dynamic surrogate ``1 / dynamic_width(stat_t)`` with ``stat_t = std(H_t)`` (unbiased,
-  over batch and features) or ``theta_t``, as in ``neurons.run_neuron``."""
+  over batch and features) or ``theta_t``: ``neurons.dynamic_alpha`` per step."""
   if spec.surrogate_mode != "dynamic":
     return jnp.asarray(alpha_T, jnp.float32)
-  h = H_TN.reshape(H_TN.shape[0], -1).astype(jnp.float32)
-  stat = jnp.std(h, axis=1, ddof=1) if spec.dynamic_stat == "std" else theta_T
-  return 1.0 / neurons.dynamic_width(jnp.asarray(stat, jnp.float32), spec.dynamic_base_width)
+  h = H_TN.reshape(H_TN.shape[0], -1)
+  theta_T = jnp.broadcast_to(jnp.asarray(theta_T, jnp.float32), (h.shape[0],))
+  return jax.vmap(lambda h_N, theta: neurons.dynamic_alpha(h_N, theta, spec))(h, theta_T)
+
+
+def gradient_available(h: jax.Array, theta: Any, alpha: Any,
+                       spec: neurons.NeuronSpec) -> jax.Array:
+  """Boolean mask of potentials whose surrogate gradient is available (METHOD.md §4 analysis).
+
+  Compact families (rectangular, triangle): inside the support of g_alpha around some level
+  k*theta. Smooth families (sigmoid, atan): g_alpha(v) >= 1% of its peak.
+  """
+  ks = jnp.arange(1, spec.levels + 1, dtype=jnp.float32)
+  mag = jnp.abs(h) if spec.signed else h
+  v = mag.astype(jnp.float32)[..., None] - ks * jnp.asarray(theta, jnp.float32)
+  phi = neurons.SURROGATES[spec.surrogate].phi
+  p = phi(jnp.asarray(alpha, jnp.float32) * v)
+  if spec.surrogate in ("rectangular", "triangle"):
+    return (p > 0).any(-1)
+  return (p >= 0.01 * phi(jnp.zeros((), jnp.float32))).any(-1)
 
 
 def gradient_available_share(h: jax.Array, theta: Any, alpha: Any,
                              spec: neurons.NeuronSpec) -> jax.Array:
   """Share of ``h`` inside the gradient-available interval (scalar ``theta`` and ``alpha``)."""
-  return jnp.mean(neurons.gradient_available(h, theta, alpha, spec).astype(jnp.float32))
+  return jnp.mean(gradient_available(h, theta, alpha, spec).astype(jnp.float32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,10 +105,6 @@ def _capture(graphdef, state, x) -> dict[tuple, Any]:
   model = nnx.merge(graphdef, state)
   _, inter = nnx.capture(model, nnx.Intermediate)(x)
   return {tuple(path): v[0] for path, v in nnx.to_flat_state(inter)}
-
-
-def _name(path: tuple) -> str:
-  return ".".join(map(str, path))
 
 
 def _forward_order(graphdef, state, x, paths: list[tuple]) -> list[int]:
@@ -118,7 +132,7 @@ def spiking_layers(model: nnx.Module, x: Any) -> list[tuple[str, SpikingNeuron]]
   pos = {p: i for i, (p, _) in enumerate(found)}
   ranked = sorted(found, key=lambda pm: (keys[pos[pm[0]]], pos[pm[0]]))
   originals = {tuple(p): m for p, m in nnx.iter_modules(model) if isinstance(m, SpikingNeuron)}
-  return [(_name(p), originals[p]) for p, _ in ranked]
+  return [(layer_name(p), originals[p]) for p, _ in ranked]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
@@ -189,7 +203,7 @@ def collect_spiking_stats(model: nnx.Module, batches: Iterable[Any], *, training
   for x, n in inputs.iterate_inputs(batches, static_input, max_batches):
     if layers is None:
       ordered = spiking_layers(copy, jax.ShapeDtypeStruct(x.shape, x.dtype))
-      paths = {_name(tuple(p)): tuple(p) for p, m in nnx.iter_modules(copy)
+      paths = {layer_name(tuple(p)): tuple(p) for p, m in nnx.iter_modules(copy)
                if isinstance(m, SpikingNeuron)}
       layers = tuple((paths[name], m.spec) for name, m in ordered)
       samples = [[] for _ in layers]
@@ -204,7 +218,7 @@ def collect_spiking_stats(model: nnx.Module, batches: Iterable[Any], *, training
   if layers is None:
     raise ValueError("collect_spiking_stats needs at least one non-empty batch")
   mean = {k: (v / total).astype(np.float32) for k, v in sums.items()}
-  return SpikingStats(names=[_name(p) for p, _ in layers], specs=[s for _, s in layers],
+  return SpikingStats(names=[layer_name(p) for p, _ in layers], specs=[s for _, s in layers],
                       training=training, num_examples=total, rate_LT=mean["rate_T"],
                       grad_share_LT=mean["share_T"], theta_LT=mean["theta_T"],
                       alpha_LT=mean["alpha_T"],
@@ -234,37 +248,6 @@ def membrane_histograms(stats: SpikingStats, bins: int = 60) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 # Learned surrogate shapes, thresholds, and their evolution over training.
 # --------------------------------------------------------------------------------------------
-
-
-def neuron_parameters(model: nnx.Module) -> dict[str, dict]:
-  """Per spiking layer (module-path order): ``alpha_T`` (None for the dynamic surrogate, whose
-  width follows the data), ``learnable_alpha``, ``theta_ema_T`` (None unless adaptive) and
-  ``decay``."""
-  out = {}
-  for path, m in nnx.iter_modules(model):
-    if not isinstance(m, SpikingNeuron):
-      continue
-    dynamic = m.spec.surrogate_mode == "dynamic"
-    out[_name(tuple(path))] = {
-        "alpha_T": None if dynamic else np.asarray(m.alpha_T(), np.float32),
-        "learnable_alpha": m.spec.learnable_alpha,
-        "theta_ema_T": None if m.theta_ema is None else np.asarray(m.theta_ema[...],
-                                                                   np.float32),
-        "decay": float(m.decay()),
-    }
-  return out
-
-
-def neuron_scalars(model: nnx.Module) -> dict[str, float]:
-  """``alpha/<layer>/<t>`` (learnable surrogates) and ``theta_ema/<layer>/<t>`` (adaptive
-  thresholds) as floats, for a metrics log."""
-  out = {}
-  for name, p in neuron_parameters(model).items():
-    if p["learnable_alpha"]:
-      out.update({f"alpha/{name}/{t}": float(a) for t, a in enumerate(p["alpha_T"])})
-    if p["theta_ema_T"] is not None:
-      out.update({f"theta_ema/{name}/{t}": float(a) for t, a in enumerate(p["theta_ema_T"])})
-  return out
 
 
 def _empty_history(source: str) -> dict:
@@ -308,7 +291,7 @@ def _initial_scalars(model: nnx.Module) -> dict[str, float]:
   for path, m in nnx.iter_modules(model):
     if not isinstance(m, SpikingNeuron):
       continue
-    name = _name(tuple(path))
+    name = layer_name(tuple(path))
     if m.spec.learnable_alpha:
       out.update({f"alpha/{name}/{t}": float(m.spec.alpha) for t in range(m.num_steps)})
     if m.theta_ema is not None:
@@ -323,9 +306,7 @@ def read_only_checkpoints(workdir: str):
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if not os.path.isdir(directory):
     return None
-  import orbax.checkpoint as ocp
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-  return ocp.CheckpointManager(directory, item_names=("state", "data"), options=options)
+  return checkpointing.open_manager(directory, read_only=True)
 
 
 def neuron_history_from_checkpoints(workdir: str, graphdef: Any, template_state: dict) -> dict:
@@ -336,7 +317,6 @@ def neuron_history_from_checkpoints(workdir: str, graphdef: Any, template_state:
   manager = read_only_checkpoints(workdir)
   if manager is None:
     return _empty_history("checkpoints")
-  from cfsnn_jax import checkpointing
   try:
     steps = sorted(manager.all_steps())
     rows = []

@@ -12,10 +12,13 @@ lr 1e-3, cosine, 200 epochs, batch 32, random flip + shift (data defaults). Spli
 published in cfsnn_jax/data/splits (90/10 per class). ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, recipes
+from cfsnn_jax import config_schema, data, recipes
 
 
 def get_config(arg=None):
-  return recipes.events_vggsnn(
+  c = recipes.events_vggsnn(
       "cifar10_dvs", arg, num_steps=10, batch_size=32, pn_weight=1e-3,
       neuron=config_schema.neuron_config("cf", surrogate_mode="per_step"))
+  # augmentation recipe "tet" (TET's CIFAR10-DVS code): flip p = 0.5, then roll <= 5 px
+  c.data.update(data.event_augment_recipe("tet"))
+  return c

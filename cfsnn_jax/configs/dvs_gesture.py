@@ -11,10 +11,13 @@ AdamW lr 1e-3, cosine, 200 epochs, batch 16 (our choice: the spec names no gestu
 ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, recipes
+from cfsnn_jax import config_schema, data, recipes
 
 
 def get_config(arg=None):
-  return recipes.events_vggsnn(
+  c = recipes.events_vggsnn(
       "dvs_gesture", arg, num_steps=16, batch_size=16, pn_weight=1e-3, frame_size=(48, 48),
       neuron=config_schema.neuron_config("cf", surrogate_mode="per_step"))
+  # augmentation recipe "tet_noflip": TET's roll <= 5 px without the flip (hands differ)
+  c.data.update(data.event_augment_recipe("tet_noflip"))
+  return c

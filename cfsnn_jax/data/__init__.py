@@ -8,7 +8,8 @@ section means the defaults). The hooks turn raw examples into the batch contract
 - ``train_augment(config, info)`` -> ``(example, rng) -> example`` or None: for the uint8
   image datasets (cifar10, cifar100, tiny_imagenet) crop / flip / AutoAugment / normalise /
   Cutout (``augment.ImageAugment``), always producing normalised ``float32 [H, W, C]``; for
-  the recorded event datasets the frame flip / shift (``augment.EventAugment``) when enabled.
+  the recorded event datasets the frame flip / translation / temporal roll and the event time
+  jitter (``augment.EventAugment``) when enabled; ``options.EVENT_RECIPES`` names recipes.
 - ``eval_transform(config, info)`` -> ``example -> example`` or None: the normalisation alone
   for the uint8 image datasets; None for everything else (already float32 / int32 ids).
 
@@ -18,16 +19,19 @@ on-disk format (``fixtures.py``) through the same loader: the ``:tiny`` configs 
 
 from __future__ import annotations
 
+from cfsnn_jax.errors import UserError
+
 from typing import Any, Callable
 
 import ml_collections
 
 from cfsnn_jax.data import (augment, cifar, cifar10_dvs, dvs_gesture, embedded, evtouch,
-                            fixtures, sst, synthetic_events, tiny_imagenet)
-from cfsnn_jax.data.options import data_options, default_data_config
+                            fixtures, sst, synthetic_events, tiny_imagenet, verify)
+from cfsnn_jax.data.options import data_options, default_data_config, event_augment_recipe
 from cfsnn_jax.data.sources import DataError, DatasetInfo, DatasetSplits
 
 __all__ = ["DATASETS", "DataError", "default_data_config", "data_options", "eval_transform",
+           "event_augment_recipe",
            "load_dataset", "train_augment", "validate_dataset_name"]
 
 DATASETS: dict[str, Callable[[Any], DatasetSplits]] = {
@@ -50,7 +54,7 @@ RECORDED_EVENT_DATASETS = ("cifar10_dvs", "dvs_gesture", "evtouch")
 
 def validate_dataset_name(name: str) -> None:
   if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASETS))}")
+    raise UserError(f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASETS))}")
 
 
 def _normalize(opts: ml_collections.ConfigDict) -> augment.Normalize:
@@ -69,8 +73,10 @@ def train_augment(config: Any, info: DatasetInfo):
         mean=opts.mean if opts.normalize else None, std=opts.std if opts.normalize else None)
   if name in RECORDED_EVENT_DATASETS:
     opts = data_options(config, name)
-    if opts.flip or opts.max_shift:
-      return augment.EventAugment(flip=opts.flip, max_shift=opts.max_shift)
+    if opts.flip or opts.max_shift or opts.time_roll or opts.time_jitter_us:
+      return augment.EventAugment(flip=opts.flip, max_shift=opts.max_shift,
+                                  translate=opts.translate, time_roll=opts.time_roll,
+                                  time_jitter_us=opts.time_jitter_us, spec=info.frame_spec)
   return None
 
 
@@ -85,9 +91,10 @@ FIXTURE_DIR = "fixture"  # config.data_dir value selecting the built-in fixture
 
 
 def _fixture_config(config: Any) -> ml_collections.ConfigDict:
-  """A copy of the fields loaders read, pointing at the dataset's fixture folder."""
-  directory, overrides = fixtures.materialize(config.dataset)
+  """A copy of the fields loaders read, pointing at the dataset's fixture folder (written in
+  the layout ``config.data.layout`` names, the original release for ``auto``)."""
   opts = dict(getattr(config, "data", None) or {})
+  directory, overrides = fixtures.materialize(config.dataset, layout=opts.get("layout", "auto"))
   for key, value in overrides.items():
     if not opts.get(key):  # an explicit setting (e.g. another split file) wins
       opts[key] = value
@@ -100,4 +107,7 @@ def load_dataset(config: Any) -> DatasetSplits:
   validate_dataset_name(config.dataset)
   if config.data_dir == FIXTURE_DIR and config.dataset in fixtures.WRITERS:
     config = _fixture_config(config)
-  return DATASETS[config.dataset](config)
+  splits = DATASETS[config.dataset](config)
+  if splits.files and data_options(config, config.dataset).get("verify", False):
+    verify.verify_files(splits.files, desc=f"verify {config.dataset}")
+  return splits

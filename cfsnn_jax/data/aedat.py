@@ -16,10 +16,13 @@ Contract:
   ``number`` events only those with the valid mark are kept. Other packet types are skipped.
 A wrong first line, a missing end of header, a body that is not whole words or a truncated
 packet raises one ``DataError`` line naming the file and what was expected.
+``check_aedat2(path)`` / ``check_aedat31(path)`` find those errors from the header and the
+file size alone (AEDAT 3.1: walking the packet headers), for the pass before training.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -101,3 +104,50 @@ def read_aedat31(path: str) -> Events:
     return Events(empty, empty, empty, empty)
   t, word = np.concatenate(parts, axis=1)
   return Events(t, (word >> 17) & 0x7FFF, (word >> 2) & 0x7FFF, (word >> 1) & 1)
+
+
+HEADER_PROBE = 4096  # the ASCII header of these files is a few hundred bytes
+
+
+def _read_head(path: str, expected: str) -> tuple[bytes, int]:
+  """The first bytes of ``path``, enough to hold its whole ``#`` header, and its size."""
+  require_path(path, expected)
+  size = os.path.getsize(path)
+  probe = HEADER_PROBE
+  with open(path, "rb") as f:
+    while True:
+      f.seek(0)
+      head = f.read(min(size, probe))
+      last_line_start = head.rfind(b"\n") + 1
+      if len(head) == size or head[last_line_start:last_line_start + 1] != b"#":
+        return head, size  # the header ends inside what was read
+      probe *= 4
+
+
+def check_aedat2(path: str) -> None:
+  """Header and size of an AEDAT 2.0 file (the body must be whole 8-byte words)."""
+  head, size = _read_head(path, "an AEDAT 2.0 recording")
+  pos = _split_header(head, path, AEDAT2_MAGIC, None)
+  if (size - pos) % 8:
+    raise DataError(path, f"truncated: {size - pos} bytes after the header, expected a "
+                    "multiple of 8 (big-endian address, timestamp pairs)")
+
+
+def check_aedat31(path: str) -> None:
+  """Header of an AEDAT 3.1 file, then every packet header against the file size."""
+  head, size = _read_head(path, "an AEDAT 3.1 recording")
+  pos = _split_header(head, path, AEDAT31_MAGIC, END_HEADER)
+  with open(path, "rb") as f:
+    while pos < size:
+      if size - pos < _PACKET_HEADER.size:
+        raise DataError(path, f"truncated packet header at byte {pos}: {size - pos} bytes, "
+                        f"expected {_PACKET_HEADER.size}")
+      f.seek(pos)
+      (_, _, esize, _, _, capacity, number, _) = _PACKET_HEADER.unpack(
+          f.read(_PACKET_HEADER.size))
+      length = capacity * esize
+      left = size - pos - _PACKET_HEADER.size
+      if esize < 0 or capacity < 0 or number > capacity or left < length:
+        raise DataError(path, f"truncated or corrupt packet at byte {pos}: expected {length} "
+                        f"event bytes, {left} left")
+      pos += _PACKET_HEADER.size + length

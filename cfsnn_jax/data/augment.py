@@ -8,9 +8,15 @@ Contract: every transform is a picklable callable on one example ``{"image", "la
   (one ``cutout_length`` square, centre uniform over the image, clipped at the border, set to
   0 = the mean after normalisation; DeVries & Taylor 2017). Every stage can be switched off.
 - ``Normalize(mean, std)(example)``: the deterministic evaluation half (uint8 -> float32).
-- ``EventAugment(flip, max_shift)(example, rng)``: ``float32 [T, H, W, 2]`` frames; the same
-  horizontal flip (p = 0.5) and the same circular shift (``np.roll`` by integers uniform in
-  ``[-max_shift, max_shift]`` along H and W, as TET's CIFAR10-DVS recipe) for every frame.
+- ``EventAugment(flip, max_shift, translate, time_roll, time_jitter_us, spec)(example,
+  rng)``: ``float32 [T, H, W, 2]`` frames, in this order: horizontal flip (p = 0.5), a
+  translation by integers uniform in ``[-max_shift, max_shift]`` along H and W, circular
+  (``translate='roll'``, ``np.roll`` as TET's CIFAR10-DVS code) or filling zeros
+  (``'pad'``: a random crop of the frames zero-padded by ``max_shift``), then a temporal
+  roll of the frame axis by an integer uniform in ``[-time_roll, time_roll]``; all frames
+  share one draw. With ``time_jitter_us > 0`` the example holds events (``t, x, y, p``; the
+  source's events mode) that are jittered (``event_filters.time_jitter``) and binned by
+  ``spec`` (``events.FrameSpec``) before the frame transforms.
 All randomness comes from the per-example ``np.random.Generator`` the pipeline passes in.
 """
 
@@ -21,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cfsnn_jax.data import autoaugment
+from cfsnn_jax.errors import UserError, unknown_choice
 
 
 class Normalize:
@@ -47,7 +54,7 @@ class ImageAugment:
                autoaugment_fill: int = 128, cutout_length: int = 0,
                mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
     if crop_padding < 0 or cutout_length < 0:
-      raise ValueError(f"crop_padding and cutout_length must be >= 0, got {crop_padding}, "
+      raise UserError(f"crop_padding and cutout_length must be >= 0, got {crop_padding}, "
                        f"{cutout_length}")
     self.crop_padding = int(crop_padding)
     self.flip = bool(flip)
@@ -82,22 +89,56 @@ class ImageAugment:
 
 
 class EventAugment:
-  """Random horizontal flip and circular shift of ``[T, H, W, C]`` event frames."""
+  """Training augmentation of event examples (see module doc), on the CPU workers."""
 
-  def __init__(self, *, flip: bool = True, max_shift: int = 0):
-    if max_shift < 0:
-      raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+  def __init__(self, *, flip: bool = True, max_shift: int = 0, translate: str = "roll",
+               time_roll: int = 0, time_jitter_us: float = 0.0, spec: Any = None):
+    if max_shift < 0 or time_roll < 0 or time_jitter_us < 0:
+      raise UserError(f"data.max_shift, data.time_roll and data.time_jitter_us must be >= 0, "
+                      f"got {max_shift}, {time_roll}, {time_jitter_us}")
+    if translate not in TRANSLATE_MODES:
+      raise unknown_choice("data.translate", translate, TRANSLATE_MODES)
+    if time_jitter_us and spec is None:
+      raise ValueError("time jitter bins the events per example: pass the FrameSpec")
     self.flip = bool(flip)
     self.max_shift = int(max_shift)
+    self.translate = translate
+    self.time_roll = int(time_roll)
+    self.time_jitter_us = float(time_jitter_us)
+    self.spec = spec
 
   def frames(self, frames_THWC: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     x = frames_THWC
     if self.flip and rng.random() < 0.5:
       x = x[:, :, ::-1]
     if self.max_shift:
-      dy, dx = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
-      x = np.roll(x, (int(dy), int(dx)), axis=(1, 2))
+      dy, dx = (int(v) for v in rng.integers(-self.max_shift, self.max_shift + 1, size=2))
+      x = np.roll(x, (dy, dx), axis=(1, 2)) if self.translate == "roll" else \
+          shift_with_zeros(x, dy, dx)
+    if self.time_roll:
+      x = np.roll(x, int(rng.integers(-self.time_roll, self.time_roll + 1)), axis=0)
     return np.ascontiguousarray(x, dtype=np.float32)
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    if "image" not in example:  # events mode: jitter, then bin this example's events
+      from cfsnn_jax.data import event_filters
+      from cfsnn_jax.data.events import Events
+      ev = Events(example["t"], example["x"], example["y"], example["p"])
+      ev = event_filters.time_jitter(ev, self.time_jitter_us, rng)
+      image = self.spec.frames(ev, "an augmented example")
+      return {"image": self.frames(image, rng), "label": example["label"]}
     return {**example, "image": self.frames(example["image"], rng)}
+
+
+TRANSLATE_MODES = ("roll", "pad")
+
+
+def shift_with_zeros(frames_THWC: np.ndarray, dy: int, dx: int) -> np.ndarray:
+  """``out[:, y, x] = in[:, y - dy, x - dx]``, zero where that falls outside (a random crop
+  of the zero-padded frames)."""
+  t, h, w = frames_THWC.shape[:3]
+  out = np.zeros_like(frames_THWC)
+  ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+  xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+  out[:, yd, xd] = frames_THWC[:, ys, xs]
+  return out

@@ -19,18 +19,19 @@ from the ``train_augment`` / ``eval_transform`` hooks in ``cfsnn_jax.data``.
 
 from __future__ import annotations
 
+from cfsnn_jax.errors import UserError
+
 import io
 import os
 import pickle
 import tarfile
-import zlib
 from typing import Any
 
 import numpy as np
 
 from cfsnn_jax.data.options import data_options
 from cfsnn_jax.data.sources import (ArraySource, DataError, DatasetInfo, DatasetSplits,
-                                    tfds_data_sources)
+                                    decoding, tfds_data_sources)
 
 _LAYOUT = {
     "cifar10": dict(archive="cifar-10-python.tar.gz", folder="cifar-10-batches-py",
@@ -94,7 +95,7 @@ def read_python_batches(data_dir: str, name: str
         raw[m] = f.read()
     where = {m: os.path.join(folder, m) for m in members}
   elif os.path.isfile(archive):
-    try:
+    with decoding(archive, f"the original {lay['archive']} (truncated or corrupt archive)"):
       with tarfile.open(archive, "r:gz") as tar:
         for m in members:
           try:
@@ -103,9 +104,6 @@ def read_python_batches(data_dir: str, name: str
             raise DataError(archive, f"member {lay['folder']}/{m} not found; expected the "
                             f"original {lay['archive']}") from None
           raw[m] = f.read()
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-      raise DataError(archive, f"truncated or corrupt archive ({type(e).__name__}); expected "
-                      f"the original {lay['archive']}") from None
     where = {m: f"{archive}:{lay['folder']}/{m}" for m in members}
   else:
     raise DataError(data_dir, f"no {lay['archive']} or {lay['folder']}/ here; expected the "
@@ -114,11 +112,8 @@ def read_python_batches(data_dir: str, name: str
   def parse(names):
     parts = []
     for m in names:
-      try:
+      with decoding(where[m], "a CIFAR python batch (truncated or corrupt pickle)"):
         batch = _unpickle(raw[m])
-      except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise DataError(where[m], f"truncated or corrupt pickle ({e}); expected a CIFAR "
-                        "python batch") from None
       parts.append(_parse_batch(batch, where[m], lay["label_key"], lay["num_classes"]))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -156,7 +151,7 @@ def _load(config: Any, name: str) -> DatasetSplits:
   if source == "tfds":
     train, test = tfds_data_sources(name, data_dir, ("train", "test"))
     return DatasetSplits(TfdsImageSource(train), TfdsImageSource(test), info)
-  raise ValueError(f"unknown data.source {source!r} for {name}; valid choices: auto, tarball, "
+  raise UserError(f"unknown data.source {source!r} for {name}; valid choices: auto, tarball, "
                    "tfds")
 
 

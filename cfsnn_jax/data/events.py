@@ -1,4 +1,4 @@
-"""Events -> T frames, the on-disk frame cache, and the lazy frame source of event datasets.
+"""Events -> T frames, the content-keyed frame cache, and the lazy source of event datasets.
 
 Contract:
 - ``Events(t, x, y, p)``: aligned 1-D arrays in stream (time) order; ``t`` in microseconds,
@@ -11,23 +11,33 @@ Contract:
 - ``resize_frames(frames_THWC, (h, w))``: antialiased bilinear resize of every (frame,
   channel) plane in float32 (PIL ``BILINEAR``, as torchvision's ``Resize``); identity when the
   size already matches.
-- ``FrameCache(dir)``: one ``.npy`` per sample key; a write goes to a temporary file in the
-  same directory that is renamed over the final name (``os.replace``), so a reader never sees
-  a half-written file, whatever the number of threads or processes writing.
-- ``EventFrameSource(samples, decode_group, cache)``: a random-access source of
-  ``{"image": float32 [T, H, W, 2], "label": int32}``. A sample is ``(group, key, label)``;
-  on a cache miss ``decode_group(group)`` returns the frames of every sample of that group
-  (one recording file may hold several samples) and all of them are cached, so each file is
-  decoded once.
+- ``FrameSpec(num_frames, sensor, size, denoise_us, refractory_us)``: how a sample becomes
+  frames (filters of ``event_filters``, then the binning, then the resize; pre-binned
+  frames are only resized). Its ``settings()`` enter the cache key.
+- ``content_key(paths, sample, spec)``: SHA-256 of every source file's absolute path, size
+  and mtime, the sample's id inside them and the spec: two sources never share a key; a
+  replaced source or a changed setting gets a new one.
+- ``FrameCache(dir)``: one ``<key[:2]>/<key>.npy`` per sample; a write goes to a temporary
+  file in the same directory that is renamed over the final name (``os.replace``), so a
+  reader never sees a half-written file, whatever the number of threads or processes.
+- ``EventFrameSource(samples, decode_group, spec, cache, events_mode)``: a random-access
+  source of ``{"image": float32 [T, h, w, 2], "label": int32}`` over ``Sample(group,
+  sample_id, label, key, name)``s; on a cache miss ``decode_group(group)`` returns the
+  events (or pre-binned frames) of every sample of that group (one recording file may hold
+  several samples) and all of them are cached, so each file is decoded once. With
+  ``events_mode`` it returns the filtered events ``{"t", "x", "y", "p", "label"}`` instead
+  (training with time jitter; ``augment.EventAugment`` bins them per example).
 - ``read_event_array(path)``: the generic event-array format (``.npz`` with arrays ``t``,
   ``p`` and ``x``/``y`` or ``taxel``; or a ``.csv`` with those columns) as ``Events``
-  sorted by time (stable).
+  sorted by time (stable); ``check_event_array`` its header-only check.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import json
 import os
 import tempfile
 from typing import Any, Callable, Sequence
@@ -35,9 +45,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from cfsnn_jax.data.sources import DataError
+from cfsnn_jax.data import event_filters
+from cfsnn_jax.data.sources import DataError, decoding, read_text, require_path
 
-CACHE_FORMAT_VERSION = 1  # bump when the binning / resize rule changes
+CACHE_FORMAT_VERSION = 2  # bump when the binning / resize rule or the key changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +123,67 @@ def atomic_save_npy(path: str, array: np.ndarray) -> None:
     raise
 
 
+@dataclasses.dataclass(frozen=True)
+class FrameSpec:
+  """How one sample's events become ``float32 [T, h, w, 2]`` frames (the cache's settings)."""
+  num_frames: int
+  sensor: tuple[int, int]  # (H, W) of the events' coordinates
+  size: tuple[int, int]  # (h, w) after the resize
+  denoise_us: int = 0  # event_filters.denoise window (0: off)
+  refractory_us: int = 0  # event_filters.refractory period (0: off)
+
+  def settings(self) -> dict[str, Any]:
+    return {"rule": f"count-v{CACHE_FORMAT_VERSION}", **dataclasses.asdict(self)}
+
+  def filter(self, ev: Events) -> Events:
+    if self.refractory_us:
+      ev = event_filters.refractory(ev, self.refractory_us, self.sensor)
+    if self.denoise_us:
+      ev = event_filters.denoise(ev, self.denoise_us, self.sensor)
+    return ev
+
+  def frames(self, decoded: "Events | np.ndarray", where: str) -> np.ndarray:
+    """Frames of one decoded sample: events are filtered and binned; frames already binned
+    on the sensor (pre-binned layouts) are only resized."""
+    if isinstance(decoded, Events):
+      try:
+        frames = events_to_frames(self.filter(decoded), self.num_frames, *self.sensor)
+      except ValueError as e:
+        raise DataError(where, f"{e}; expected events of a {self.sensor[1]}x"
+                        f"{self.sensor[0]} sensor") from None
+    else:
+      frames = decoded
+      want = (self.num_frames,) + tuple(self.sensor) + (2,)
+      if frames.shape != want:
+        raise DataError(where, f"frames of shape {frames.shape}, expected {want}")
+    return resize_frames(frames.astype(np.float32, copy=False), self.size)
+
+
+def check_layout_supports(pre_binned: bool, opts: Any, where: str) -> None:
+  """Pre-binned frames cannot be filtered or jittered: refuse those settings in one line."""
+  if not pre_binned:
+    return
+  on = [k for k in ("denoise_us", "refractory_us", "time_jitter_us") if opts.get(k)]
+  if on:
+    from cfsnn_jax.errors import UserError
+    raise UserError(f"{where} holds pre-binned frames; data.{on[0]} needs events (set it to 0 "
+                    "or point data_dir at an event layout)")
+
+
+def file_identity(path: str) -> list:
+  """``[absolute path, size, mtime_ns]`` of a source file (what a cache key depends on)."""
+  st = os.stat(path)
+  return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def content_key(paths: Sequence[str], sample: Any, spec: FrameSpec) -> str:
+  """The cache key of one sample: a hash of every source file's path, size and mtime, the
+  sample's id inside them (a segment, an index) and the binning settings."""
+  blob = json.dumps({"files": [file_identity(p) for p in paths], "sample": sample,
+                     "frames": spec.settings()}, sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:40]
+
+
 class FrameCache:
   """Frames on disk, one ``<key>.npy`` per sample, written atomically."""
 
@@ -119,7 +191,7 @@ class FrameCache:
     self.directory = directory
 
   def path(self, key: str) -> str:
-    return os.path.join(self.directory, key + ".npy")
+    return os.path.join(self.directory, key[:2], key + ".npy")
 
   def load(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
     path = self.path(key)
@@ -127,7 +199,7 @@ class FrameCache:
       return None
     try:
       frames = np.load(path)
-    except (OSError, ValueError):  # damaged outside our atomic writes: decode again
+    except (OSError, ValueError, EOFError):  # damaged outside our atomic writes: decode again
       return None
     return frames if frames.shape == shape else None
 
@@ -139,52 +211,86 @@ class FrameCache:
                       "config.data.cache_dir to a writable directory") from None
 
 
-def cache_dir_for(root: str, dataset: str, num_frames: int, size: Sequence[int]) -> str:
-  """The cache folder of one preprocessing setting (T, frame size, rule version)."""
-  return os.path.join(root, f"{dataset}-T{num_frames}-{size[0]}x{size[1]}"
-                            f"-v{CACHE_FORMAT_VERSION}")
-
-
-def make_cache(opts: Any, data_dir: str, dataset: str, num_frames: int,
-               size: Sequence[int]) -> FrameCache | None:
-  """The frame cache chosen by ``opts.cache`` / ``opts.cache_dir`` (None when off)."""
+def make_cache(opts: Any, data_dir: str, dataset: str) -> FrameCache | None:
+  """The frame cache chosen by ``opts.cache`` / ``opts.cache_dir`` (None when off); one
+  folder per dataset, entries keyed by ``content_key``."""
   if not opts.cache:
     return None
   root = opts.cache_dir or os.path.join(data_dir, "frames_cache")
-  return FrameCache(cache_dir_for(root, dataset, num_frames, size))
+  return FrameCache(os.path.join(root, f"{dataset}-v{CACHE_FORMAT_VERSION}"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  group: Any  # what decode_group reads (hashable, picklable): a file and what it holds
+  sample_id: Any  # the sample inside the group's decoded dict
+  label: int
+  key: str  # content_key of the sample
+  name: str  # a readable name (file / segment) for errors and tests
 
 
 class EventFrameSource:
-  """Lazy, cached ``{"image": float32 [T, H, W, 2], "label": int32}`` source."""
+  """Lazy, cached ``{"image": float32 [T, h, w, 2], "label": int32}`` source.
 
-  def __init__(self, samples: Sequence[tuple[Any, str, int]],
-               decode_group: Callable[[Any], dict[str, np.ndarray]],
-               frame_shape: tuple[int, ...], cache: FrameCache | None):
+  ``events_mode=True`` (training with event-stream augmentation): ``{"t", "x", "y", "p":
+  the filtered events, "label"}`` instead, binned per example by ``augment.EventAugment``.
+  """
+
+  def __init__(self, samples: Sequence[Sample],
+               decode_group: Callable[[Any], dict[Any, "Events | np.ndarray"]],
+               spec: FrameSpec, cache: FrameCache | None, events_mode: bool = False):
     self.samples = list(samples)
     self.decode_group = decode_group
-    self.frame_shape = tuple(frame_shape)
+    self.spec = spec
+    self.frame_shape = (spec.num_frames,) + tuple(spec.size) + (2,)
     self.cache = cache
+    self.events_mode = events_mode
+    self._keys = {(s.group, s.sample_id): s.key for s in self.samples}
 
   def __len__(self) -> int:
     return len(self.samples)
 
+  def _decoded(self, s: Sample) -> dict[Any, Any]:
+    decoded = self.decode_group(s.group)
+    if s.sample_id not in decoded:
+      raise DataError(s.name, f"decoding gave no sample {s.sample_id!r}")
+    return decoded
+
   def frames(self, index: int) -> np.ndarray:
-    group, key, _ = self.samples[index]
+    s = self.samples[index]
     if self.cache is not None:
-      hit = self.cache.load(key, self.frame_shape)
+      hit = self.cache.load(s.key, self.frame_shape)
       if hit is not None:
         return hit
-    decoded = self.decode_group(group)
-    if key not in decoded:
-      raise DataError(str(group), f"decoding gave no sample {key!r}")
-    if self.cache is not None:
-      for k, v in decoded.items():
-        self.cache.save(k, v)
-    return decoded[key]
+    decoded = self._decoded(s)
+    if self.cache is None:
+      return self.spec.frames(decoded[s.sample_id], s.name)
+    out = None
+    for sid, value in decoded.items():
+      key = self._keys.get((s.group, sid))
+      if key is None:
+        continue  # a sample of this file that the split does not use
+      frames = self.spec.frames(value, s.name)
+      self.cache.save(key, frames)
+      if sid == s.sample_id:
+        out = frames
+    return out
+
+  def events(self, index: int) -> Events:
+    s = self.samples[index]
+    value = self._decoded(s)[s.sample_id]
+    if not isinstance(value, Events):
+      raise DataError(s.name, "event-stream augmentation needs events; this layout holds "
+                      "pre-binned frames (set data.time_jitter_us = 0 or use an event layout)")
+    return self.spec.filter(value)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
-    return {"image": self.frames(index), "label": np.int32(self.samples[index][2])}
+    label = np.int32(self.samples[index].label)
+    if self.events_mode:
+      ev = self.events(index)
+      return {"t": ev.t, "x": ev.x, "y": ev.y, "p": ev.p, "label": label}
+    return {"image": self.frames(index), "label": label}
 
   def fill_cache(self, num_threads: int = 2) -> None:
     """Decodes every not-yet-cached sample now (otherwise the first epoch does it)."""
@@ -193,28 +299,54 @@ class EventFrameSource:
       list(pool.map(self.frames, range(len(self))))
 
 
+EVENT_ARRAY = "an event array (.npz or .csv with columns t, p and taxel or x, y)"
+
+
+def _event_columns(path: str, names: Sequence[str]) -> None:
+  if "taxel" not in names and not {"x", "y"} <= set(names) or not {"t", "p"} <= set(names):
+    raise DataError(path, f"columns {sorted(names)}; expected t, p and taxel (or x, y)")
+
+
+def check_event_array(path: str) -> None:
+  """Header-only check of an event array: the npz members' headers (same length, the
+  needed columns) or the CSV header line."""
+  from cfsnn_jax.data import verify
+  if path.endswith(".npz"):
+    members = verify.npz_members(path)
+    _event_columns(path, list(members))
+    lengths = {m[0][:1] for m in members.values()}
+    if len(lengths) != 1:
+      raise DataError(path, f"arrays of different lengths {sorted(lengths)}; expected one "
+                      "entry per event in each")
+  elif path.endswith(".csv"):
+    require_path(path, EVENT_ARRAY)
+    with open(path, "rb") as f:
+      first = f.readline(4096)
+    with decoding(path, EVENT_ARRAY):
+      header = [h.strip() for h in first.decode("utf-8-sig").split(",")]
+    _event_columns(path, header)
+  else:
+    raise DataError(path, "unknown event-array extension; expected .npz or .csv")
+
+
 def read_event_array(path: str) -> Events:
   """Reads the generic event-array format (see module doc), sorted by time."""
   if not os.path.isfile(path):
     raise DataError(path, "missing file; expected an event array (.npz or .csv with columns "
                     "t, p and taxel or x, y)")
-  try:
-    if path.endswith(".npz"):
-      with np.load(path) as z:
+  expected = EVENT_ARRAY
+  if path.endswith(".npz"):
+    with decoding(path, expected):
+      with np.load(path, allow_pickle=False) as z:
         cols = {k: np.asarray(z[k]) for k in z.files}
-    elif path.endswith(".csv"):
-      with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-      header = [h.strip() for h in rows[0]] if rows else []
+  elif path.endswith(".csv"):
+    rows = list(csv.reader(read_text(path, expected).splitlines()))
+    header = [h.strip() for h in rows[0]] if rows else []
+    with decoding(path, expected):
       body = np.asarray(rows[1:], dtype=np.float64).reshape(-1, len(header))
-      cols = {h: body[:, i] for i, h in enumerate(header)}
-    else:
-      raise DataError(path, "unknown event-array extension; expected .npz or .csv")
-  except (OSError, ValueError, IndexError) as e:
-    if isinstance(e, DataError):
-      raise
-    raise DataError(path, f"unreadable event array ({e}); expected .npz or .csv with "
-                    "columns t, p and taxel or x, y") from None
+    cols = {h: body[:, i] for i, h in enumerate(header)}
+  else:
+    raise DataError(path, "unknown event-array extension; expected .npz or .csv")
   if "taxel" in cols:
     cols.setdefault("y", cols["taxel"])
     cols.setdefault("x", np.zeros_like(cols["taxel"]))

@@ -9,11 +9,14 @@ model) or time-major events (``[T, ...]``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+
+from cfsnn_jax.errors import UserError
 
 
 class RandomAccessSource(Protocol):
@@ -29,6 +32,10 @@ class DatasetInfo:
   static_input: bool = True  # False: examples are time-major event frames [T, ...]
   synthetic: bool = False  # True for generated data (never reported as a benchmark result)
   vocab_size: int = 0  # text datasets: number of token ids (0 for images / events)
+  frame_spec: Any = None  # recorded event datasets: the events.FrameSpec of their frames
+
+
+FileCheck = Callable[[str], None]  # opens one file's header; raises DataError when damaged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +43,49 @@ class DatasetSplits:
   train: RandomAccessSource
   test: RandomAccessSource
   info: DatasetInfo
+  # (path, check) of every file read lazily, for the pass before training (verify.py)
+  files: Sequence[tuple[str, FileCheck]] = ()
 
 
-class DataError(ValueError):
-  """A dataset on disk is missing, truncated or malformed (always one line)."""
+class DataError(UserError):
+  """A dataset on disk is missing, truncated or malformed (always one line: the file, then
+  what was expected). Picklable, so it crosses grain's worker processes unchanged."""
 
   def __init__(self, path: str, problem: str):
+    problem = " ".join(str(problem).split())  # one line whatever the wrapped error said
     super().__init__(f"{path}: {problem}")
-    self.path = path
+    self.path = str(path)
+    self.problem = problem
+
+  def __reduce__(self):
+    return (type(self), (self.path, self.problem))
+
+
+def read_text(path: str, expected: str) -> str:
+  """The UTF-8 text of ``path`` (a BOM is dropped); one ``DataError`` line when the file is
+  missing or not UTF-8, naming the file, the byte and its line."""
+  require_path(path, expected)
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise DataError(path, f"not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+                    f"expected {expected}") from None
+
+
+@contextlib.contextmanager
+def decoding(path: str, expected: str):
+  """Turns a decoder's own exception on damaged bytes (zip, pickle, image, npy) into one
+  ``DataError`` line naming ``path`` and what was expected. Wrap the decoder call only."""
+  try:
+    yield
+  except DataError:
+    raise
+  except Exception as e:  # decoders raise many types on damaged input (BadZipFile, EOFError...)
+    raise DataError(path, f"unreadable ({type(e).__name__}: {e}); expected {expected}"
+                    ) from None
 
 
 def require_path(path: str, expected: str, *, is_dir: bool = False) -> str:

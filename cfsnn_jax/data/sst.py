@@ -22,6 +22,8 @@ A label outside the classes or a malformed line is one ``DataError`` line naming
 
 from __future__ import annotations
 
+from cfsnn_jax.errors import UserError
+
 import collections
 import os
 import re
@@ -31,7 +33,7 @@ import numpy as np
 
 from cfsnn_jax.data.options import data_options
 from cfsnn_jax.data.sources import (ArraySource, DataError, DatasetInfo, DatasetSplits,
-                                    tfds_data_sources)
+                                    read_text, tfds_data_sources)
 
 PAD_ID = 0
 OOV_ID = 1
@@ -70,8 +72,7 @@ def tokenize(text: str, lowercase: bool) -> list[str]:
 
 def read_glue_tsv(path: str) -> tuple[list[str], list[int]]:
   """Sentences and 0/1 labels of a GLUE SST-2 ``train.tsv`` / ``dev.tsv``."""
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
+  lines = read_text(path, "a GLUE SST-2 TSV (sentence\\tlabel)").splitlines()
   if not lines or lines[0].split("\t")[:2] != ["sentence", "label"]:
     raise DataError(path, f"header {lines[0][:40] if lines else ''!r}; expected "
                     "'sentence\\tlabel' (GLUE SST-2 TSV)")
@@ -101,19 +102,19 @@ def parse_tree(line: str) -> tuple[int, list[str]]:
 
 def read_trees(path: str, num_classes: int = 5) -> tuple[list[list[str]], list[int]]:
   sentences, labels = [], []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        label, words = parse_tree(line)
-      except ValueError as e:
-        raise DataError(path, f"line {n}: {e}") from None
-      if not 0 <= label < num_classes:
-        raise DataError(path, f"line {n}: unknown label {label}; expected a root label "
-                        f"0..{num_classes - 1}")
-      sentences.append(words)
-      labels.append(label)
+  text = read_text(path, "SST PTB trees, one '(label (label word) ...)' per line")
+  for n, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      label, words = parse_tree(line)
+    except ValueError as e:
+      raise DataError(path, f"line {n}: {e}") from None
+    if not 0 <= label < num_classes:
+      raise DataError(path, f"line {n}: unknown label {label}; expected a root label "
+                      f"0..{num_classes - 1}")
+    sentences.append(words)
+    labels.append(label)
   return sentences, labels
 
 
@@ -170,7 +171,7 @@ def load_sst2(config: Any) -> DatasetSplits:
   elif source == "tfds":
     raw_train, raw_test = _tfds_sst2(config.data_dir)
   else:
-    raise ValueError(f"unknown data.source {source!r} for sst2; valid choices: auto, tfds, tsv")
+    raise UserError(f"unknown data.source {source!r} for sst2; valid choices: auto, tfds, tsv")
   for labels in (raw_train[1], raw_test[1]):
     bad = [v for v in labels if v not in (0, 1)]
     if bad:

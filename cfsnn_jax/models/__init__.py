@@ -12,8 +12,10 @@ from typing import Any, Callable, Sequence
 
 from flax import nnx
 
+from cfsnn_jax.choices import MODEL_NAMES
+from cfsnn_jax.errors import unknown_choice
 from cfsnn_jax.layers import NeuronFactory
-from cfsnn_jax.models.common import REMATS, validate_remat
+from cfsnn_jax.remat import REMATS, validate_remat  # noqa: F401  (re-exported)
 from cfsnn_jax.models.convnet import SpikingConvNet
 from cfsnn_jax.models.mlp import SpikingMLP
 from cfsnn_jax.models.resnet import resnet18, resnet19, resnet20
@@ -32,10 +34,12 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "text_transformer": SpikingTextTransformer,
 }
 
+assert tuple(MODELS) == MODEL_NAMES
+
 
 def validate_model_name(name: str) -> None:
   if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(sorted(MODELS))}")
+    raise unknown_choice("model", name, sorted(MODELS))
 
 
 def build_model(model_cfg: Any, neuron: NeuronFactory, *, input_shape: Sequence[int],

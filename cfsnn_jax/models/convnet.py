@@ -12,9 +12,10 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from cfsnn_jax.layers import NeuronFactory, collect_aux, fold, unfold
-from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, layer_bn_neuron, remat_block,
-                                     remat_neuron, to_time_major)
+from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_hwc, check_model_input,
+                                     init_model, layer_bn_neuron, to_time_major)
+from cfsnn_jax.remat import remat_block
 
 
 class SpikingConvNet(nnx.Module):
@@ -23,17 +24,11 @@ class SpikingConvNet(nnx.Module):
                channels: Sequence[int], hidden: int, neuron: NeuronFactory,
                static_input: bool = True, per_step_bn: bool = False, remat: str = "none",
                rngs: nnx.Rngs):
-    if len(input_shape) != 3:
-      raise ValueError(f"convnet needs HWC input, got input shape {tuple(input_shape)}")
-    h, w, c = input_shape
-    if h % (2 ** len(channels)) or w % (2 ** len(channels)):
-      raise ValueError(f"convnet with {len(channels)} pooling stages needs H and W divisible "
-                       f"by {2 ** len(channels)}, got {h}x{w}")
-    neuron = remat_neuron(remat, neuron)
-    T = neuron.num_steps
-    self.num_steps = T
-    self.remat = remat
-    self.static_input = static_input
+    h, w, c = check_hwc("convnet", input_shape, 2 ** len(channels),
+                        f"{len(channels)} pooling stages")
+    neuron = init_model(self, neuron=neuron, remat=remat, static_input=static_input,
+                        input_shape=input_shape)
+    T = self.num_steps
     chans = [c] + list(channels)
     self.convs = nnx.List([nnx.Conv(a, b, (3, 3), use_bias=False, rngs=rngs)
                            for a, b in zip(chans[:-1], chans[1:])])
@@ -48,17 +43,18 @@ class SpikingConvNet(nnx.Module):
 
   def __call__(self, x: jax.Array):
     T = self.num_steps
+    check_model_input("convnet", x, self.input_shape, T, self.static_input)
     wrap = remat_block(self.remat)
     aux = []
     for i, (conv, bn, neuron) in enumerate(zip(self.convs, self.norms, self.neurons)):
       if i == 0:  # encoder: the first conv runs once on [B, H, W, C] for static input
-        x = conv(x) if self.static_input else unfold(conv(fold(x)), T)
+        x = conv(x) if self.static_input else per_step(conv, x)
         x, a = wrap(bn_neuron)(bn, neuron, to_time_major(x, T, self.static_input))
       else:
         x, a = wrap(layer_bn_neuron)(conv, bn, neuron, x)
       aux.append(a)
-      x = unfold(nnx.avg_pool(fold(x), (2, 2), strides=(2, 2)), T)
+      x = per_step(lambda y: nnx.avg_pool(y, (2, 2), strides=(2, 2)), x)
     x = x.reshape(x.shape[:2] + (-1,))
     x, a = wrap(layer_bn_neuron)(self.fc, self.fc_norm, self.fc_neuron, x)
     aux.append(a)
-    return unfold(self.head(fold(x)), T), collect_aux(aux)
+    return per_step(self.head, x), collect_aux(aux)

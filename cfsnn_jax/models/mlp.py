@@ -13,9 +13,10 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from cfsnn_jax.layers import NeuronFactory, collect_aux, fold, unfold
-from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, layer_bn_neuron, remat_block,
-                                     remat_neuron, to_time_major)
+from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_model_input, init_model,
+                                     layer_bn_neuron, to_time_major)
+from cfsnn_jax.remat import remat_block
 
 
 class SpikingMLP(nnx.Module):
@@ -23,10 +24,8 @@ class SpikingMLP(nnx.Module):
   def __init__(self, *, input_shape: Sequence[int], num_classes: int,
                hidden: Sequence[int], neuron: NeuronFactory, static_input: bool = True,
                per_step_bn: bool = False, remat: str = "none", rngs: nnx.Rngs):
-    neuron = remat_neuron(remat, neuron)
-    self.num_steps = neuron.num_steps
-    self.remat = remat
-    self.static_input = static_input
+    neuron = init_model(self, neuron=neuron, remat=remat, static_input=static_input,
+                        input_shape=input_shape)
     dims = [math.prod(input_shape)] + list(hidden)
     self.linears = nnx.List([nnx.Linear(a, b, use_bias=False, rngs=rngs)
                              for a, b in zip(dims[:-1], dims[1:])])
@@ -37,15 +36,16 @@ class SpikingMLP(nnx.Module):
 
   def __call__(self, x: jax.Array):
     T = self.num_steps
+    check_model_input("mlp", x, self.input_shape, T, self.static_input)
     lead = 1 if self.static_input else 2
     x = x.reshape(x.shape[:lead] + (-1,))
     wrap = remat_block(self.remat)
     aux = []
     for i, (lin, bn, neuron) in enumerate(zip(self.linears, self.norms, self.neurons)):
       if i == 0:  # encoder: the first Linear runs once on [B, D] for static input
-        x = lin(x) if self.static_input else unfold(lin(fold(x)), T)
+        x = lin(x) if self.static_input else per_step(lin, x)
         x, a = wrap(bn_neuron)(bn, neuron, to_time_major(x, T, self.static_input))
       else:
         x, a = wrap(layer_bn_neuron)(lin, bn, neuron, x)
       aux.append(a)
-    return unfold(self.head(fold(x)), T), collect_aux(aux)
+    return per_step(self.head, x), collect_aux(aux)

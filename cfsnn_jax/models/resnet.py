@@ -13,7 +13,7 @@ where the shape changes. Residual forms:
   shortcut has its own neuron (``neuron(BN(conv1x1(x)))``), so both summands are spikes and
   the block output is an integer count.
 Every stride must divide the feature map exactly, so H and W must be multiples of the total
-stride; anything else fails in ``__init__`` with one line. ``remat`` (``common.REMATS``)
+stride; anything else fails in ``__init__`` with one line. ``remat`` (``remat.REMATS``)
 checkpoints each BasicBlock (and the stem's BN + neuron) and/or each neuron.
 """
 
@@ -26,56 +26,52 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfsnn_jax.layers import NeuronFactory, collect_aux, fold, unfold
-from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_model_input,
-                                     remat_block, remat_neuron, to_time_major)
+from cfsnn_jax.errors import UserError, unknown_choice
+from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_hwc,
+                                     check_model_input, init_model, to_time_major)
+from cfsnn_jax.remat import remat_block
 
 RESIDUALS = ("standard", "sew_add")
 
 
-def _conv_stage(conv: nnx.Conv, x_TB: jax.Array, num_steps: int) -> jax.Array:
-  return unfold(conv(fold(x_TB)), num_steps)
-
-
 class BasicBlock(nnx.Module):
-  """Two 3x3 convs with a shortcut; ``__call__(x_TB) -> (y_TB, [NeuronAux, ...])``."""
+  """Two 3x3 convs with a shortcut; ``__call__(x_TB) -> (y_TB, [NeuronStats, ...])``."""
 
   def __init__(self, in_ch: int, out_ch: int, stride: int, *, neuron: NeuronFactory,
                residual: str, per_step_bn: bool, rngs: nnx.Rngs):
     T = neuron.num_steps
-    self.num_steps = T
     self.residual = residual
     self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), strides=stride, use_bias=False, rngs=rngs)
     self.bn1 = TimeBatchNorm(out_ch, T, per_step=per_step_bn, rngs=rngs)
-    self.sn1 = neuron()
+    self.neuron1 = neuron()
     self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), use_bias=False, rngs=rngs)
     self.bn2 = TimeBatchNorm(out_ch, T, per_step=per_step_bn, rngs=rngs)
-    self.sn2 = neuron()
+    self.neuron2 = neuron()
     if stride != 1 or in_ch != out_ch:
       self.down_conv = nnx.Conv(in_ch, out_ch, (1, 1), strides=stride, use_bias=False,
                                 rngs=rngs)
       self.down_bn = TimeBatchNorm(out_ch, T, per_step=per_step_bn, rngs=rngs)
-      self.down_sn = neuron() if residual == "sew_add" else None
+      self.down_neuron = neuron() if residual == "sew_add" else None
     else:
-      self.down_conv = self.down_bn = self.down_sn = None
+      self.down_conv = self.down_bn = self.down_neuron = None
 
   def __call__(self, x_TB: jax.Array):
-    T = self.num_steps
     aux = []
-    y, a = self.sn1(self.bn1(_conv_stage(self.conv1, x_TB, T)))
+    y, a = self.neuron1(self.bn1(per_step(self.conv1, x_TB)))
     aux.append(a)
-    y = self.bn2(_conv_stage(self.conv2, y, T))
+    y = self.bn2(per_step(self.conv2, y))
     shortcut = x_TB
     if self.down_conv is not None:
-      shortcut = self.down_bn(_conv_stage(self.down_conv, x_TB, T))
+      shortcut = self.down_bn(per_step(self.down_conv, x_TB))
     if self.residual == "standard":
-      y, a = self.sn2(y + shortcut)
+      y, a = self.neuron2(y + shortcut)
       aux.append(a)
       return y, aux
-    y, a = self.sn2(y)
+    y, a = self.neuron2(y)
     aux.append(a)
-    if self.down_sn is not None:
-      shortcut, a = self.down_sn(shortcut)
+    if self.down_neuron is not None:
+      shortcut, a = self.down_neuron(shortcut)
       aux.append(a)
     return y + shortcut, aux
 
@@ -89,29 +85,21 @@ class SpikingResNet(nnx.Module):
                head_hidden: int = 0, residual: str = "standard", static_input: bool = True,
                per_step_bn: bool = False, remat: str = "none", rngs: nnx.Rngs):
     if residual not in RESIDUALS:
-      raise ValueError(f"unknown residual {residual!r}; valid choices: {', '.join(RESIDUALS)}")
+      raise unknown_choice("residual", residual, RESIDUALS)
     if not len(stage_blocks) == len(widths) == len(strides) or not widths:
-      raise ValueError(f"resnet needs one width and stride per stage, got stage_blocks="
-                       f"{tuple(stage_blocks)}, widths={tuple(widths)}, strides={tuple(strides)}")
-    if len(input_shape) != 3:
-      raise ValueError(f"resnet needs HWC input, got input shape {tuple(input_shape)}")
-    h, w, c = input_shape
+      raise UserError(f"resnet needs one width and stride per stage, got stage_blocks="
+                      f"{tuple(stage_blocks)}, widths={tuple(widths)}, strides={tuple(strides)}")
     total = stem_stride * (2 if stem_pool else 1) * math.prod(strides)
-    if h % total or w % total:
-      raise ValueError(f"resnet with total stride {total} needs H and W divisible by {total}, "
-                       f"got {h}x{w}")
-    neuron = remat_neuron(remat, neuron)
-    T = neuron.num_steps
-    self.num_steps = T
-    self.remat = remat
-    self.static_input = static_input
-    self.input_shape = tuple(input_shape)
+    _, _, c = check_hwc("resnet", input_shape, total, f"total stride {total}")
+    neuron = init_model(self, neuron=neuron, remat=remat, static_input=static_input,
+                        input_shape=input_shape)
+    T = self.num_steps
     self.stem_pool = stem_pool
     stem_width = stem_width or widths[0]
     self.stem_conv = nnx.Conv(c, stem_width, (3, 3), strides=stem_stride, use_bias=False,
                               rngs=rngs)
     self.stem_bn = TimeBatchNorm(stem_width, T, per_step=per_step_bn, rngs=rngs)
-    self.stem_sn = neuron()
+    self.stem_neuron = neuron()
     blocks = []
     in_ch = stem_width
     for n, width, stride in zip(stage_blocks, widths, strides):
@@ -122,10 +110,10 @@ class SpikingResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     if head_hidden:
       self.fc = nnx.Linear(in_ch, head_hidden, rngs=rngs)
-      self.fc_sn = neuron()
+      self.fc_neuron = neuron()
       in_ch = head_hidden
     else:
-      self.fc = self.fc_sn = None
+      self.fc = self.fc_neuron = None
     self.head = nnx.Linear(in_ch, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array):
@@ -134,28 +122,33 @@ class SpikingResNet(nnx.Module):
     if self.static_input:  # encoder: the stem conv runs once on [B, H, W, C]
       x = to_time_major(self.stem_conv(x), T, True)
     else:
-      x = _conv_stage(self.stem_conv, x, T)
+      x = per_step(self.stem_conv, x)
     wrap = remat_block(self.remat)
-    x, a = wrap(bn_neuron)(self.stem_bn, self.stem_sn, x)
+    x, a = wrap(bn_neuron)(self.stem_bn, self.stem_neuron, x)
     aux = [a]
     if self.stem_pool:
-      x = unfold(nnx.max_pool(fold(x), (2, 2), strides=(2, 2)), T)
+      x = per_step(lambda y: nnx.max_pool(y, (2, 2), strides=(2, 2)), x)
     for block in self.blocks:
       x, block_aux = wrap(call_module)(block, x)
       aux.extend(block_aux)
     x = jnp.mean(x, axis=(2, 3))  # global average pool: [T, B, C]
     if self.fc is not None:
-      x, a = self.fc_sn(self.fc(x))
+      x, a = self.fc_neuron(per_step(self.fc, x))
       aux.append(a)
-    return self.head(x), collect_aux(aux)
+    return per_step(self.head, x), collect_aux(aux)
 
 
 def resnet19(*, stage_blocks: Sequence[int] = (3, 3, 2), widths: Sequence[int] = (128, 256, 512),
              strides: Sequence[int] = (1, 2, 2), head_hidden: int = 256,
-             **kwargs) -> SpikingResNet:
-  """ResNet-19 as in TET (Deng et al., 2022): stem 128, stages [3, 3, 2], FC 256 + neuron."""
+             stem_width: int | None = None, **kwargs) -> SpikingResNet:
+  """ResNet-19 as in TET (Deng et al., 2022, ``models/resnet_models.py``): stem 64 (``None``:
+  half the first stage's width), stages [3, 3, 2] of widths 128-256-512 (the first block's
+  shortcut is conv1x1 + BN, 64 -> 128), FC 256 + neuron: 12,653,988 parameters for 100
+  classes with parameter-free LIF neurons (docs/MODELS.md). ``stem_width=128`` is the DS-ATGO
+  code's variant (identity shortcut in the first block)."""
+  stem_width = widths[0] // 2 if stem_width is None else stem_width
   return SpikingResNet(stage_blocks=stage_blocks, widths=widths, strides=strides,
-                       head_hidden=head_hidden, **kwargs)
+                       head_hidden=head_hidden, stem_width=stem_width, **kwargs)
 
 
 def resnet20(*, stage_blocks: Sequence[int] = (3, 3, 3), widths: Sequence[int] = (16, 32, 64),

@@ -25,13 +25,12 @@ layers and BN act on all leading axes at once (BN normalises over ``T*B*N`` per 
   (the encoder; repeated over T) -> ``neuron(BN(.))`` -> blocks -> mean over non-padding tokens
   -> ``FC classes`` (the loss averages over time). Padding tokens (``pad_id``) are also
   removed from the attention's keys. ``L > max_len`` fails with one line at trace time.
-- ``remat`` (``common.REMATS``, both models) checkpoints each Transformer block and each
+- ``remat`` (``remat.REMATS``, both models) checkpoints each Transformer block and each
   patch-splitting / embedding unit, and/or each neuron.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Sequence
 
@@ -39,9 +38,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfsnn_jax.layers import NeuronAux, NeuronFactory, SpikingNeuron, collect_aux, fold, unfold
-from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_model_input,
-                                     layer_bn_neuron, remat_block, remat_neuron, to_time_major)
+from cfsnn_jax.errors import UserError, unknown_choice
+from cfsnn_jax.layers import NeuronFactory, NeuronStats, SpikingNeuron, collect_aux, per_step
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_hwc,
+                                     check_model_input, init_model, layer_bn_neuron,
+                                     to_time_major)
+from cfsnn_jax.remat import remat_block
 
 ATTENTIONS = ("ssa", "sdsa")
 
@@ -50,9 +52,7 @@ def neuron_with_threshold(neuron: NeuronFactory, threshold: float | None) -> Spi
   """A neuron of the factory's setting with another base threshold (None: unchanged)."""
   if threshold is None:
     return neuron()
-  factory = copy.copy(neuron)
-  factory.spec = dataclasses.replace(neuron.spec, threshold=float(threshold))
-  return factory()
+  return neuron.replace(spec=dataclasses.replace(neuron.spec, threshold=float(threshold)))()
 
 
 class LinearBNNeuron(nnx.Module):
@@ -62,10 +62,10 @@ class LinearBNNeuron(nnx.Module):
                rngs: nnx.Rngs):
     self.linear = nnx.Linear(d_in, d_out, use_bias=False, rngs=rngs)
     self.bn = TimeBatchNorm(d_out, neuron.num_steps, per_step=per_step_bn, rngs=rngs)
-    self.sn = neuron()
+    self.neuron = neuron()
 
-  def __call__(self, x_TB: jax.Array) -> tuple[jax.Array, NeuronAux]:
-    return self.sn(self.bn(self.linear(x_TB)))
+  def __call__(self, x_TB: jax.Array) -> tuple[jax.Array, NeuronStats]:
+    return layer_bn_neuron(self.linear, self.bn, self.neuron, x_TB)
 
 
 class SpikingSelfAttention(nnx.Module):
@@ -81,7 +81,7 @@ class SpikingSelfAttention(nnx.Module):
     self.q = LinearBNNeuron(dim, dim, **kw)
     self.k = LinearBNNeuron(dim, dim, **kw)
     self.v = LinearBNNeuron(dim, dim, **kw)
-    self.attn_sn = neuron_with_threshold(neuron, attn_threshold)
+    self.attn_neuron = neuron_with_threshold(neuron, attn_threshold)
     self.proj = LinearBNNeuron(dim, dim, **kw)
 
   def __call__(self, x_TBND: jax.Array, mask_BN: jax.Array | None = None):
@@ -95,7 +95,7 @@ class SpikingSelfAttention(nnx.Module):
     if mask_BN is not None:  # padding tokens are no keys: K = 0 there
       k = k * mask_BN[None, :, :, None].astype(k.dtype)
     if self.attention == "sdsa":
-      kv, a = self.attn_sn(jnp.sum(k * v, axis=2, keepdims=True))  # [T, B, 1, D]
+      kv, a = self.attn_neuron(jnp.sum(k * v, axis=2, keepdims=True))  # [T, B, 1, D]
       aux.append(a)
       y = q * kv
     else:
@@ -108,7 +108,7 @@ class SpikingSelfAttention(nnx.Module):
       else:  # (Q K^T) V
         attn = jnp.einsum("tbnhd,tbmhd->tbhnm", q, k)
         y = jnp.einsum("tbhnm,tbmhe->tbnhe", attn, v)
-      y, a = self.attn_sn((y * self.scale).reshape(T, B, N, D))
+      y, a = self.attn_neuron((y * self.scale).reshape(T, B, N, D))
       aux.append(a)
     y, a = self.proj(y)
     aux.append(a)
@@ -138,13 +138,17 @@ class SpikformerBlock(nnx.Module):
 
 def _check_transformer_args(embed_dim: int, num_heads: int, attention: str) -> None:
   if attention not in ATTENTIONS:
-    raise ValueError(f"unknown attention {attention!r}; valid choices: {', '.join(ATTENTIONS)}")
+    raise unknown_choice("attention", attention, ATTENTIONS)
   if num_heads < 1 or embed_dim % num_heads:
-    raise ValueError(f"embed_dim={embed_dim} must be a multiple of num_heads={num_heads}")
+    raise UserError(f"embed_dim={embed_dim} must be a multiple of num_heads={num_heads}")
 
 
-def _make_blocks(depth, embed_dim, num_heads, mlp_ratio, **kw) -> nnx.List:
-  return nnx.List([SpikformerBlock(embed_dim, num_heads, mlp_ratio, **kw) for _ in range(depth)])
+def _blocks_and_head(depth, embed_dim, num_heads, mlp_ratio, num_classes,
+                     **kw) -> tuple[nnx.List, nnx.Linear]:
+  """``depth`` Transformer blocks and the ``FC classes`` head (both models)."""
+  blocks = nnx.List([SpikformerBlock(embed_dim, num_heads, mlp_ratio, **kw)
+                     for _ in range(depth)])
+  return blocks, nnx.Linear(embed_dim, num_classes, rngs=kw["rngs"])
 
 
 class Spikformer(nnx.Module):
@@ -158,22 +162,14 @@ class Spikformer(nnx.Module):
                rngs: nnx.Rngs):
     _check_transformer_args(embed_dim, num_heads, attention)
     if embed_dim % 8:
-      raise ValueError(f"spikformer embed_dim must be a multiple of 8 (patch splitting widths "
-                       f"D/8..D), got {embed_dim}")
+      raise UserError(f"spikformer embed_dim must be a multiple of 8 (patch splitting widths "
+                      f"D/8..D), got {embed_dim}")
     if patch_size not in (1, 2, 4, 8, 16):
-      raise ValueError(f"spikformer patch_size must be one of 1, 2, 4, 8, 16, got {patch_size}")
-    if len(input_shape) != 3:
-      raise ValueError(f"spikformer needs HWC input, got input shape {tuple(input_shape)}")
-    h, w, c = input_shape
-    if h % patch_size or w % patch_size:
-      raise ValueError(f"spikformer with patch_size {patch_size} needs H and W divisible by "
-                       f"{patch_size}, got {h}x{w}")
-    neuron = remat_neuron(remat, neuron)
-    T = neuron.num_steps
-    self.num_steps = T
-    self.remat = remat
-    self.static_input = static_input
-    self.input_shape = tuple(input_shape)
+      raise UserError(f"spikformer patch_size must be one of 1, 2, 4, 8, 16, got {patch_size}")
+    _, _, c = check_hwc("spikformer", input_shape, patch_size, f"patch_size {patch_size}")
+    neuron = init_model(self, neuron=neuron, remat=remat, static_input=static_input,
+                        input_shape=input_shape)
+    T = self.num_steps
     widths = [embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
     num_pools = patch_size.bit_length() - 1
     self.pool_after = tuple(i >= len(widths) - num_pools for i in range(len(widths)))
@@ -185,34 +181,34 @@ class Spikformer(nnx.Module):
     self.sps_neurons = nnx.List([neuron() for _ in widths])
     self.rpe_conv = nnx.Conv(embed_dim, embed_dim, (3, 3), use_bias=False, rngs=rngs)
     self.rpe_bn = TimeBatchNorm(embed_dim, T, per_step=per_step_bn, rngs=rngs)
-    self.rpe_sn = neuron()
-    self.blocks = _make_blocks(depth, embed_dim, num_heads, mlp_ratio, neuron=neuron,
-                               attention=attention, scale=attn_scale,
-                               attn_threshold=attn_threshold, per_step_bn=per_step_bn,
-                               rngs=rngs)
-    self.head = nnx.Linear(embed_dim, num_classes, rngs=rngs)
+    self.rpe_neuron = neuron()
+    self.blocks, self.head = _blocks_and_head(
+        depth, embed_dim, num_heads, mlp_ratio, num_classes, neuron=neuron, attention=attention,
+        scale=attn_scale, attn_threshold=attn_threshold, per_step_bn=per_step_bn, rngs=rngs)
 
   def __call__(self, x: jax.Array):
     T = self.num_steps
     check_model_input("spikformer", x, self.input_shape, T, self.static_input)
     wrap = remat_block(self.remat)
     aux = []
-    for i, (conv, bn, sn) in enumerate(zip(self.sps_convs, self.sps_norms, self.sps_neurons)):
+    for i, (conv, bn, neuron) in enumerate(zip(self.sps_convs, self.sps_norms,
+                                              self.sps_neurons)):
       if i == 0 and self.static_input:  # encoder: the first conv runs once on [B, H, W, C]
-        x, a = wrap(bn_neuron)(bn, sn, to_time_major(conv(x), T, True))
+        x, a = wrap(bn_neuron)(bn, neuron, to_time_major(conv(x), T, True))
       else:
-        x, a = wrap(layer_bn_neuron)(conv, bn, sn, x)
+        x, a = wrap(layer_bn_neuron)(conv, bn, neuron, x)
       aux.append(a)
       if self.pool_after[i]:
-        x = unfold(nnx.max_pool(fold(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))), T)
-    rpe, a = wrap(layer_bn_neuron)(self.rpe_conv, self.rpe_bn, self.rpe_sn, x)
+        x = per_step(lambda y: nnx.max_pool(y, (3, 3), strides=(2, 2),
+                                           padding=((1, 1), (1, 1))), x)
+    rpe, a = wrap(layer_bn_neuron)(self.rpe_conv, self.rpe_bn, self.rpe_neuron, x)
     aux.append(a)
     x = x + rpe
     x = x.reshape(x.shape[:2] + (-1, x.shape[-1]))  # [T, B, N, D]
     for block in self.blocks:
       x, block_aux = wrap(call_module)(block, x)
       aux.extend(block_aux)
-    return self.head(jnp.mean(x, axis=2)), collect_aux(aux)
+    return per_step(self.head, jnp.mean(x, axis=2)), collect_aux(aux)
 
 
 class SpikingTextTransformer(nnx.Module):
@@ -226,23 +222,21 @@ class SpikingTextTransformer(nnx.Module):
                remat: str = "none", rngs: nnx.Rngs):
     _check_transformer_args(embed_dim, num_heads, attention)
     if not static_input:
-      raise ValueError("text_transformer takes static token ids [B, L]; event input is not "
-                       "supported")
+      raise UserError("text_transformer takes static token ids [B, L]; event input is not "
+                      "supported")
     if vocab_size < 1:
-      raise ValueError(f"text_transformer needs vocab_size >= 1 (from the text dataset), got "
-                       f"{vocab_size}")
+      raise UserError(f"text_transformer needs vocab_size >= 1 (from the text dataset), got "
+                      f"{vocab_size}")
     if len(input_shape) != 1:
-      raise ValueError(f"text_transformer needs token input of shape [L], got input shape "
-                       f"{tuple(input_shape)}")
+      raise UserError(f"text_transformer needs token input of shape [L], got input shape "
+                      f"{tuple(input_shape)}")
     max_len = max_len or input_shape[0]
     if input_shape[0] > max_len:
-      raise ValueError(f"text_transformer: sequence length {input_shape[0]} exceeds "
-                       f"max_len={max_len}")
-    neuron = remat_neuron(remat, neuron)
-    T = neuron.num_steps
-    self.num_steps = T
-    self.remat = remat
-    self.static_input = True
+      raise UserError(f"text_transformer: sequence length {input_shape[0]} exceeds "
+                      f"max_len={max_len}")
+    neuron = init_model(self, neuron=neuron, remat=remat, static_input=True,
+                        input_shape=(None,))
+    T = self.num_steps
     self.max_len = max_len
     self.vocab_size = vocab_size
     self.pad_id = pad_id
@@ -250,26 +244,25 @@ class SpikingTextTransformer(nnx.Module):
     self.pos_embed = nnx.Param(
         0.02 * jax.random.normal(rngs.params(), (max_len, embed_dim), jnp.float32))
     self.embed_bn = TimeBatchNorm(embed_dim, T, per_step=per_step_bn, rngs=rngs)
-    self.embed_sn = neuron()
-    self.blocks = _make_blocks(depth, embed_dim, num_heads, mlp_ratio, neuron=neuron,
-                               attention=attention, scale=attn_scale,
-                               attn_threshold=attn_threshold, per_step_bn=per_step_bn,
-                               rngs=rngs)
-    self.head = nnx.Linear(embed_dim, num_classes, rngs=rngs)
+    self.embed_neuron = neuron()
+    self.blocks, self.head = _blocks_and_head(
+        depth, embed_dim, num_heads, mlp_ratio, num_classes, neuron=neuron, attention=attention,
+        scale=attn_scale, attn_threshold=attn_threshold, per_step_bn=per_step_bn, rngs=rngs)
 
   def __call__(self, tokens_BL: jax.Array):
     T = self.num_steps
-    if tokens_BL.ndim != 2 or not jnp.issubdtype(tokens_BL.dtype, jnp.integer):
-      raise ValueError(f"text_transformer takes integer token ids [B, L], got "
-                       f"{tokens_BL.dtype} {tuple(tokens_BL.shape)}")
+    check_model_input("text_transformer", tokens_BL, self.input_shape, T, True)
+    if not jnp.issubdtype(tokens_BL.dtype, jnp.integer):
+      raise UserError(f"text_transformer takes integer token ids [B, L], got "
+                      f"{tokens_BL.dtype} {tuple(tokens_BL.shape)}")
     L = tokens_BL.shape[1]
     if L > self.max_len:
-      raise ValueError(f"text_transformer: token sequence of length {L} exceeds "
-                       f"max_len={self.max_len}")
+      raise UserError(f"text_transformer: token sequence of length {L} exceeds "
+                      f"max_len={self.max_len}")
     # Lookup in the table's own dtype (nnx.Embed would promote a bf16 table to float32).
     x_BLD = jnp.take(self.embed.embedding[...], tokens_BL, axis=0) + self.pos_embed[...][:L]
     wrap = remat_block(self.remat)
-    x, a = wrap(bn_neuron)(self.embed_bn, self.embed_sn, to_time_major(x_BLD, T, True))
+    x, a = wrap(bn_neuron)(self.embed_bn, self.embed_neuron, to_time_major(x_BLD, T, True))
     aux = [a]
     mask_BN = None if self.pad_id is None else (tokens_BL != self.pad_id).astype(x.dtype)
     for block in self.blocks:
@@ -280,4 +273,4 @@ class SpikingTextTransformer(nnx.Module):
     else:  # mean over non-padding tokens; an all-padding row pools to 0
       w = mask_BN / jnp.maximum(jnp.sum(mask_BN, axis=1, keepdims=True), 1.0)
       pooled = jnp.einsum("tbnd,bn->tbd", x, w)
-    return self.head(pooled), collect_aux(aux)
+    return per_step(self.head, pooled), collect_aux(aux)

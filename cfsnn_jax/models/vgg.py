@@ -7,7 +7,7 @@ step, the VGGSNN default); output ``(logits_TBK, aux[L, T])``, one aux row per s
 ``layout`` is a sequence of conv widths (``conv3x3 -> BN -> neuron``) and ``"A"`` (2x2 average
 pool); then flatten, ``len(hidden)`` x ``FC -> BN -> neuron`` and ``FC classes``. The
 classifier sees ``H/2^p x W/2^p x C_last`` with ``p`` pools, so H and W must be multiples of
-``2^p`` (checked in ``__init__``). ``remat`` (``common.REMATS``) checkpoints each
+``2^p`` (checked in ``__init__``). ``remat`` (``remat.REMATS``) checkpoints each
 ``conv -> BN -> neuron`` (and FC) unit and/or each neuron.
 """
 
@@ -18,9 +18,11 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from cfsnn_jax.layers import NeuronFactory, collect_aux, fold, unfold
-from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_model_input,
-                                     layer_bn_neuron, remat_block, remat_neuron, to_time_major)
+from cfsnn_jax.errors import UserError
+from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_hwc, check_model_input,
+                                     init_model, layer_bn_neuron, to_time_major)
+from cfsnn_jax.remat import remat_block
 
 POOL = "A"
 VGGSNN_LAYOUT = (64, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL)
@@ -36,32 +38,24 @@ class SpikingVGG(nnx.Module):
     layout = tuple(layout)
     bad = [v for v in layout if v != POOL and not (isinstance(v, int) and v > 0)]
     if bad or not layout or layout[0] == POOL:
-      raise ValueError(f"vgg layout must start with a conv width and hold positive ints or "
-                       f"{POOL!r}, got {layout}")
-    if len(input_shape) != 3:
-      raise ValueError(f"vgg needs HWC input, got input shape {tuple(input_shape)}")
-    h, w, c = input_shape
+      raise UserError(f"vgg layout must start with a conv width and hold positive ints or "
+                      f"{POOL!r}, got {layout}")
     scale = 2 ** layout.count(POOL)
-    if h % scale or w % scale:
-      raise ValueError(f"vgg with {layout.count(POOL)} pooling stages needs H and W divisible "
-                       f"by {scale}, got {h}x{w}")
-    neuron = remat_neuron(remat, neuron)
-    T = neuron.num_steps
-    self.num_steps = T
-    self.remat = remat
-    self.static_input = static_input
-    self.input_shape = tuple(input_shape)
+    h, w, c = check_hwc("vgg", input_shape, scale, f"{layout.count(POOL)} pooling stages")
+    neuron = init_model(self, neuron=neuron, remat=remat, static_input=static_input,
+                        input_shape=input_shape)
+    T = self.num_steps
     self.layout = layout
-    convs, norms, sns = [], [], []
+    convs, norms, neurons = [], [], []
     ch = c
     for v in layout:
       if v == POOL:
         continue
       convs.append(nnx.Conv(ch, v, (3, 3), use_bias=False, rngs=rngs))
       norms.append(TimeBatchNorm(v, T, per_step=per_step_bn, rngs=rngs))
-      sns.append(neuron())
+      neurons.append(neuron())
       ch = v
-    self.convs, self.norms, self.neurons = nnx.List(convs), nnx.List(norms), nnx.List(sns)
+    self.convs, self.norms, self.neurons = nnx.List(convs), nnx.List(norms), nnx.List(neurons)
     dims = [(h // scale) * (w // scale) * ch] + list(hidden)
     self.fcs = nnx.List([nnx.Linear(a, b, use_bias=False, rngs=rngs)
                          for a, b in zip(dims[:-1], dims[1:])])
@@ -78,7 +72,7 @@ class SpikingVGG(nnx.Module):
     i = 0
     for v in self.layout:
       if v == POOL:
-        x = unfold(nnx.avg_pool(fold(x), (2, 2), strides=(2, 2)), T)
+        x = per_step(lambda y: nnx.avg_pool(y, (2, 2), strides=(2, 2)), x)
         continue
       if i == 0 and self.static_input:  # encoder: the first conv runs once on [B, H, W, C]
         x = to_time_major(self.convs[0](x), T, True)
@@ -88,10 +82,10 @@ class SpikingVGG(nnx.Module):
       aux.append(a)
       i += 1
     x = x.reshape(x.shape[:2] + (-1,))
-    for fc, bn, sn in zip(self.fcs, self.fc_norms, self.fc_neurons):
-      x, a = wrap(layer_bn_neuron)(fc, bn, sn, x)
+    for fc, bn, neuron in zip(self.fcs, self.fc_norms, self.fc_neurons):
+      x, a = wrap(layer_bn_neuron)(fc, bn, neuron, x)
       aux.append(a)
-    return self.head(x), collect_aux(aux)
+    return per_step(self.head, x), collect_aux(aux)
 
 
 def vggsnn(*, layout: Sequence[int | str] = VGGSNN_LAYOUT, hidden: Sequence[int] = (),

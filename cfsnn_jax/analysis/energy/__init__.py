@@ -136,8 +136,10 @@ _CONST = _Tag(False, False, frozenset())
 
 
 def _has_spike(eqn) -> bool:
-  """The spike (``neurons.spike``) is the package's only custom_vjp: an eqn that is or contains
-  one (the neuron scan) emits spike-derived values."""
+  """An eqn that is or contains a custom_vjp emits spike-derived values: the custom_vjps of a
+  model's forward are the neuron's (the fused BPTT of ``neurons_fused``, or ``neurons.spike``
+  on the reference path) and, on CPU, ``remat.checkpoint``'s wrapper of a block, whose
+  outputs are its neurons' spikes too."""
   if eqn.primitive.name.startswith("custom_vjp"):
     return True
   return any(_has_spike(e) for sub in jex.jaxprs_in_params(eqn.params) for e in sub.eqns)
@@ -452,8 +454,3 @@ def write_energy(report: EnergyReport, workdir: str) -> tuple[str, str]:
   with open(md_path, "w") as f:
     f.write(energy_markdown(report))
   return json_path, md_path
-
-
-if __name__ == "__main__":
-  from cfsnn_jax.analysis import energy_cli
-  energy_cli.run()

@@ -1,0 +1,1 @@
+"""Interoperability with other frameworks and hardware: NIR export / import (``interop.nir``)."""
