@@ -35,6 +35,10 @@ def learning_rate_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformation:
+  if opt_cfg.warmup_steps and opt_cfg.warmup_steps >= total_steps:
+    from cfsnn_jax.errors import UserError
+    raise UserError(f"config.optimizer.warmup_steps={opt_cfg.warmup_steps} is not shorter than "
+                    f"the run ({total_steps} steps)")
   schedule = learning_rate_schedule(opt_cfg, total_steps)
   parts = []
   if opt_cfg.grad_clip > 0:

@@ -27,7 +27,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import checkpointing, config_schema, data, layers, optim, run_guard, run_paths
+from cfsnn_jax import checkpointing, config_schema, data, layers, optim, progress, run_guard
+from cfsnn_jax import run_paths
 from cfsnn_jax import steps
 from cfsnn_jax import workdir as workdir_lib
 from cfsnn_jax.data import pipeline
@@ -142,10 +143,8 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
           f"[{jax.devices()[0].platform}], {total_steps} steps"
           + (f", resuming at step {start_step}" if start_step else ""), flush=True)
 
-  from tqdm.auto import tqdm
-  bar = tqdm(total=total_steps, initial=start_step, disable=not (is_writer and
-                                                                  config.progress_bar),
-             dynamic_ncols=True, desc="train")
+  bar = progress.make_progress(total_steps, start_step, is_writer and config.progress_bar,
+                              config.log_every_steps)
   pending = None  # (step, metrics, finite flag) of the previous step, pulled one step late
   last_saved = start_step
   t_start = t_saved = time.perf_counter()
@@ -199,6 +198,8 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
           on_eval(done, nnx.merge(eval_graphdef, state["params"], state["rest"]),
                   eval_batches, writer)
         bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
+        if is_writer:
+          print(progress.eval_line(done, total_steps, ev), flush=True)
         t_start = time.perf_counter()
       due_time = ckpt_seconds > 0 and time.perf_counter() - t_saved >= ckpt_seconds
       stop = signals.received is not None

@@ -4,6 +4,10 @@ Usage (writes ``experiments/results/ablation_mnist5k.md`` and ``.json``)::
 
   python -m experiments.ablation                      # every variant, seeds 0 1 2
   python -m experiments.ablation --variants=lif_fixed,full --seeds=0 --epochs=1   # quick look
+  python -m experiments.ablation --variants=full --seeds=0 --tiny --workdir_root=/tmp/abl  # smoke
+
+A quick look (fewer variants, seeds or epochs than the full run) writes its table under
+``<workdir_root>/quick_look``, never over the committed ``experiments/results``.
 
 Every variant starts from ``configs/mnist5k.py`` with the same budget (model, epochs, batch,
 optimizer) and differs only in the overrides below; three seeds each. The table reports
@@ -61,15 +65,21 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "Variants to run.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs of the 4000-image training split.")
-_OUT = flags.DEFINE_string("out", os.path.join(REPO, "experiments", "results"), "Output dir.")
+RESULTS_DIR = os.path.join(REPO, "experiments", "results")
+_OUT = flags.DEFINE_string("out", "", "Output dir of the table (default: experiments/results "
+                           "for the full run, every variant x seeds 0 1 2 x 3 epochs; "
+                           "<workdir_root>/quick_look for anything less, so a quick look "
+                           "never overwrites the committed results).")
+_TINY = flags.DEFINE_bool("tiny", False, "A few steps per run on the :tiny branch (smoke).")
 _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", os.path.join(REPO, "workdirs", "ablation"),
                                     "Parent of the runs' workdirs.")
 
 
-def variant_config(name: str, seed: int, epochs: int):
-  config = mnist5k.get_config()
-  config.model.channels = (16, 32)
-  config.model.hidden = 128
+def variant_config(name: str, seed: int, epochs: int, tiny: bool = False):
+  config = mnist5k.get_config("tiny" if tiny else None)
+  if not tiny:
+    config.model.channels = (16, 32)
+    config.model.hidden = 128
   config.num_epochs = epochs
   config.seed = seed
   config.progress_bar = False
@@ -83,13 +93,13 @@ def variant_config(name: str, seed: int, epochs: int):
   return config
 
 
-def run_one(name: str, seed: int, epochs: int, workdir: str) -> dict:
+def run_one(name: str, seed: int, epochs: int, workdir: str, tiny: bool = False) -> dict:
   from cfsnn_jax import run
   done = os.path.join(workdir, "ablation_run.json")
   if os.path.exists(done):
     with open(done) as f:
       return _with_per_step_stats(json.load(f), workdir)
-  config = variant_config(name, seed, epochs)
+  config = variant_config(name, seed, epochs, tiny)
   t0 = time.perf_counter()
   summary = run.run(config, workdir)  # training + the end-of-run report (analysis.json)
   wall = time.perf_counter() - t0
@@ -161,6 +171,19 @@ def write_table(rows: list[dict], out_dir: str, epochs: int, seeds: list[int]) -
   return path
 
 
+def output_dir(out: str, variants: list[str], seeds: list[int], epochs: int, tiny: bool,
+               workdir_root: str) -> str:
+  """Where the table goes: ``out`` when given; the committed results only for the full run."""
+  if out:
+    return out
+  full = list(variants) == list(VARIANTS) and list(seeds) == [0, 1, 2] and epochs == 3
+  if full and not tiny:
+    return RESULTS_DIR
+  scratch = os.path.join(workdir_root, "quick_look")
+  print(f"quick look (not the full run): the table goes to {scratch}", flush=True)
+  return scratch
+
+
 def main(argv):
   del argv
   from absl import logging
@@ -170,15 +193,18 @@ def main(argv):
     print(f"unknown variant(s) {unknown}; valid choices: {', '.join(VARIANTS)}", file=sys.stderr)
     sys.exit(2)
   seeds = [int(s) for s in _SEEDS.value]
+  out = output_dir(_OUT.value, _VARIANTS.value, seeds, _EPOCHS.value, _TINY.value,
+                   _WORKDIR_ROOT.value)
   rows = []
   for name in _VARIANTS.value:
     for seed in seeds:
-      workdir = os.path.join(_WORKDIR_ROOT.value, f"e{_EPOCHS.value}", name, f"seed{seed}")
-      row = run_one(name, seed, _EPOCHS.value, workdir)
+      workdir = os.path.join(_WORKDIR_ROOT.value, ("tiny" if _TINY.value else "") +
+                             f"e{_EPOCHS.value}", name, f"seed{seed}")
+      row = run_one(name, seed, _EPOCHS.value, workdir, _TINY.value)
       print(f"{name:12s} seed {seed}: acc {row['test_accuracy']:.4f} rate "
             f"{row['firing_rate']:.3f} time {row['train_time_s']:.1f}s", flush=True)
       rows.append(row)
-  print(open(write_table(rows, _OUT.value, _EPOCHS.value, seeds)).read())
+  print(open(write_table(rows, out, _EPOCHS.value, seeds)).read())
 
 
 if __name__ == "__main__":

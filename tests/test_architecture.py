@@ -107,7 +107,8 @@ def test_train_never_imports_analysis_and_analysis_never_imports_train():
 def test_config_layer_imports_neither_jax_nor_flax():
   code = ("import sys\n"
           "from cfsnn_jax import config_schema\n"
-          "c = config_schema.base_config()\n"
+          "from cfsnn_jax.configs import default\n"
+          "c = default.get_config()\n"
           "config_schema.validate_config(c)\n"
           "config_schema.neuron_spec(c.neuron)\n"
           "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax'))\n"

@@ -1,16 +1,15 @@
-"""Every experiment config loads and locks, and its ``:tiny`` branch trains end to end on a
-fixture in the dataset's real on-disk format."""
+"""Every experiment config loads, locks and validates (its ``:tiny`` branch trains end to end in
+``tests/test_combinations.py``)."""
 
 import glob
 import importlib.util
 import os
 
-import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from cfsnn_jax import config_schema, train
+from cfsnn_jax import config_schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
@@ -51,12 +50,5 @@ def test_config_loads_locks_and_validates(path):
   with pytest.raises(Exception, match="(?i)did you mean"):
     parse("--config.sed=3")
 
-
-@pytest.mark.parametrize("path", [p for p in CONFIGS if "default" not in p])
-def test_tiny_variant_trains_end_to_end(path, tmp_workdir):
-  config = _load(path, "tiny")
-  summary = train.train_and_evaluate(config, tmp_workdir)
-  assert summary["steps"] == config.num_train_steps
-  assert 0.0 <= summary["test_accuracy"] <= 1.0
-  assert np.isfinite(summary["test_firing_rate"])
-  assert os.path.isdir(os.path.join(tmp_workdir, "checkpoints", str(config.num_train_steps)))
+# The :tiny branch of every config trains end to end in tests/test_combinations.py (each
+# with a combination of remat, dtype, neuron, data workers and device count).

@@ -51,9 +51,9 @@ def test_default_reaches_95_percent_on_digits(tmp_workdir):
     ("dataset", "imagenet21k", "unknown dataset 'imagenet21k'; valid choices:"),
     ("model.name", "resnet1000", "unknown model 'resnet1000'; valid choices:"),
     ("loss.name", "hinge", "unknown loss 'hinge'; valid choices: ce, tet"),
-    ("num_steps", 0, "num_steps T must be an integer >= 1"),
-    ("neuron.levels", 0, "levels D must be an integer >= 1"),
-    ("neuron.threshold", 0.0, "threshold must be > 0"),
+    ("num_steps", 0, r"config.num_steps=0: expected int >= 1"),
+    ("neuron.levels", 0, r"config.neuron.levels=0: expected int >= 1"),
+    ("neuron.threshold", 0.0, r"config.neuron.threshold=0.0: expected float > 0"),
     ("optimizer.name", "lamb", "unknown optimizer 'lamb'"),
 ])
 def test_bad_config_fails_before_compilation(field, value, match, tmp_workdir, monkeypatch):

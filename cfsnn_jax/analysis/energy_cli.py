@@ -4,8 +4,10 @@ It rebuilds the training state of ``--config`` (``steps.create_train_state``, im
 ``main``: importing this module imports no model code), restores the latest checkpoint of
 ``--workdir`` if there is one (fresh parameters otherwise,
 said on stdout), runs ``--num_batches`` test batches, prints the per-layer table and writes
-``energy.json`` + ``energy.md`` into the workdir. Flags are defined in ``run()`` only, so this
-module can be imported next to ``cfsnn_jax.main`` (both define ``--config``).
+``energy.json`` + ``energy.md`` into the workdir. Flags are parsed in ``run()`` by
+``cfsnn_jax.command_line.parse_and_validate`` (a config path or name, ``:tiny``, the config schema,
+one ``error:`` line per bad input) on a private flag set, so this module can be imported
+next to ``cfsnn_jax.main``.
 """
 
 from __future__ import annotations
@@ -46,34 +48,40 @@ def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float
   return 0
 
 
-def run() -> None:
-  from absl import app, flags, logging
-  from ml_collections import config_flags
+def _define_flags(fv) -> None:
+  from absl import flags
+  flags.DEFINE_integer("num_batches", 4, "Test batches to measure rates on.", flag_values=fv)
+  flags.DEFINE_float("e_mac", 4.6, "Energy of one MAC in pJ (45 nm).", flag_values=fv)
+  flags.DEFINE_float("e_ac", 0.9, "Energy of one accumulate in pJ (45 nm).", flag_values=fv)
 
-  default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         "configs", "default.py")
-  config_flag = config_flags.DEFINE_config_file(
-      "config", default, "Experiment config file (configs/*.py[:variant]).", lock_config=True)
-  workdir = flags.DEFINE_string("workdir", "/tmp/cfsnn_jax", "Run directory: its latest "
-                                "checkpoint is used; energy.json / energy.md are written here.")
-  num_batches = flags.DEFINE_integer("num_batches", 4, "Test batches to measure rates on.")
-  e_mac = flags.DEFINE_float("e_mac", 4.6, "Energy of one MAC in pJ (45 nm).")
-  e_ac = flags.DEFINE_float("e_ac", 0.9, "Energy of one accumulate in pJ (45 nm).")
 
-  from cfsnn_jax import data
+def run(argv: list[str] | None = None) -> None:
+  """Flags as ``cfsnn_jax.main`` parses them (``--config`` path or name, ``--workdir``) plus
+  ``--num_batches``, ``--e_mac``, ``--e_ac``; every bad input is one ``error:`` line."""
+  from absl import logging
+
+  from cfsnn_jax import command_line as cli
   from cfsnn_jax.errors import UserError
 
-  def _main(argv):
-    del argv
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+    print(__doc__ + "\nFlags: --config, --workdir (as cfsnn_jax.main), --num_batches=4, "
+          "--e_mac=4.6, --e_ac=0.9")
+    return
+  try:
+    parsed = cli.parse_and_validate(argv, define_extra=_define_flags)
+    fv = parsed.flag_values
+    if fv["num_batches"].value < 1:
+      raise UserError(f"--num_batches={fv['num_batches'].value}: expected an integer >= 1")
+    for name in ("e_mac", "e_ac"):
+      if not fv[name].value > 0:
+        raise UserError(f"--{name}={fv[name].value}: expected an energy > 0 (pJ)")
     logging.set_verbosity(logging.WARNING)
-    try:
-      sys.exit(main(config_flag.value, workdir.value, num_batches.value, e_mac.value,
-                    e_ac.value))
-    except (UserError, data.DataError) as e:  # bad input: one line; bugs keep the traceback
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(_main)
+    sys.exit(main(parsed.config, parsed.workdir, fv["num_batches"].value, fv["e_mac"].value,
+                  fv["e_ac"].value))
+  except ValueError as e:  # bad input: one clear line, no traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ on-disk format (``fixtures.py``) through the same loader: the ``:tiny`` configs 
 
 from __future__ import annotations
 
+from cfsnn_jax.errors import UserError
+
 from typing import Any, Callable
 
 import ml_collections
@@ -52,7 +54,7 @@ RECORDED_EVENT_DATASETS = ("cifar10_dvs", "dvs_gesture", "evtouch")
 
 def validate_dataset_name(name: str) -> None:
   if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASETS))}")
+    raise UserError(f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASETS))}")
 
 
 def _normalize(opts: ml_collections.ConfigDict) -> augment.Normalize:

@@ -54,7 +54,7 @@ class ImageAugment:
                autoaugment_fill: int = 128, cutout_length: int = 0,
                mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
     if crop_padding < 0 or cutout_length < 0:
-      raise ValueError(f"crop_padding and cutout_length must be >= 0, got {crop_padding}, "
+      raise UserError(f"crop_padding and cutout_length must be >= 0, got {crop_padding}, "
                        f"{cutout_length}")
     self.crop_padding = int(crop_padding)
     self.flip = bool(flip)

@@ -19,6 +19,8 @@ from the ``train_augment`` / ``eval_transform`` hooks in ``cfsnn_jax.data``.
 
 from __future__ import annotations
 
+from cfsnn_jax.errors import UserError
+
 import io
 import os
 import pickle
@@ -149,7 +151,7 @@ def _load(config: Any, name: str) -> DatasetSplits:
   if source == "tfds":
     train, test = tfds_data_sources(name, data_dir, ("train", "test"))
     return DatasetSplits(TfdsImageSource(train), TfdsImageSource(test), info)
-  raise ValueError(f"unknown data.source {source!r} for {name}; valid choices: auto, tarball, "
+  raise UserError(f"unknown data.source {source!r} for {name}; valid choices: auto, tarball, "
                    "tfds")
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import ml_collections
 
+from cfsnn_jax.errors import UserError
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -125,10 +127,10 @@ def data_options(config: Any, name: str) -> ml_collections.ConfigDict:
   for key, value in dict(given).items():
     if key not in opts:
       valid = ", ".join(sorted(opts)) or "none"
-      raise ValueError(f"unknown config.data.{key} for dataset {name!r}; valid options: "
+      raise UserError(f"unknown config.data.{key} for dataset {name!r}; valid options: "
                        f"{valid}")
     try:
       opts[key] = value
     except TypeError as e:
-      raise ValueError(f"config.data.{key} = {value!r} for dataset {name!r}: {e}") from None
+      raise UserError(f"config.data.{key} = {value!r} for dataset {name!r}: {e}") from None
   return opts

@@ -19,6 +19,8 @@ Contract:
 
 from __future__ import annotations
 
+from cfsnn_jax.errors import UserError
+
 from typing import Any, Callable, Iterator
 
 import grain
@@ -31,12 +33,12 @@ Augment = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 
 def check_batch_size(global_batch_size: int, process_count: int, num_devices: int) -> int:
   if global_batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {global_batch_size}")
+    raise UserError(f"batch_size must be >= 1, got {global_batch_size}")
   if global_batch_size % num_devices:
-    raise ValueError(f"batch_size {global_batch_size} is not divisible by the device count "
+    raise UserError(f"batch_size {global_batch_size} is not divisible by the device count "
                      f"{num_devices}")
   if global_batch_size % process_count:
-    raise ValueError(f"batch_size {global_batch_size} is not divisible by the process count "
+    raise UserError(f"batch_size {global_batch_size} is not divisible by the process count "
                      f"{process_count}")
   return global_batch_size // process_count
 
@@ -59,7 +61,7 @@ def train_iterator(source: RandomAccessSource, global_batch_size: int, seed: int
                    num_threads: int = 2, worker_count: int = 0) -> grain.DatasetIterator:
   local_bs = check_batch_size(global_batch_size, process_count, 1)
   if len(source) < global_batch_size:
-    raise ValueError(f"the training split has {len(source)} examples, fewer than one batch "
+    raise UserError(f"the training split has {len(source)} examples, fewer than one batch "
                      f"of {global_batch_size}")
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   if process_count > 1:

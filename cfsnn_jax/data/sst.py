@@ -22,6 +22,8 @@ A label outside the classes or a malformed line is one ``DataError`` line naming
 
 from __future__ import annotations
 
+from cfsnn_jax.errors import UserError
+
 import collections
 import os
 import re
@@ -169,7 +171,7 @@ def load_sst2(config: Any) -> DatasetSplits:
   elif source == "tfds":
     raw_train, raw_test = _tfds_sst2(config.data_dir)
   else:
-    raise ValueError(f"unknown data.source {source!r} for sst2; valid choices: auto, tfds, tsv")
+    raise UserError(f"unknown data.source {source!r} for sst2; valid choices: auto, tfds, tsv")
   for labels in (raw_train[1], raw_test[1]):
     bad = [v for v in labels if v not in (0, 1)]
     if bad:

@@ -19,6 +19,8 @@ The path returns to its start, so every pixel emits as many ON as OFF events.
 
 from __future__ import annotations
 
+from cfsnn_jax.errors import UserError
+
 import functools
 from typing import Any
 
@@ -97,7 +99,7 @@ def load_mnist_dvs_synthetic(config: Any) -> DatasetSplits:
   opts = data_options(config, "mnist_dvs_synthetic")
   size = tuple(int(s) for s in opts.frame_size)
   if size[0] < 28 or size[1] < 28:
-    raise ValueError(f"mnist_dvs_synthetic frame_size {size} is smaller than the 28x28 digit")
+    raise UserError(f"mnist_dvs_synthetic frame_size {size} is smaller than the 28x28 digit")
   x, y = embedded.mnist5k_arrays()
   tr, te = stratified_split(y, embedded.TEST_FRACTION, embedded.SPLIT_SEED)
   make = functools.partial(

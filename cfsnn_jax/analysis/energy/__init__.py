@@ -145,6 +145,13 @@ def _has_spike(eqn) -> bool:
   return any(_has_spike(e) for sub in jex.jaxprs_in_params(eqn.params) for e in sub.eqns)
 
 
+def _is_wrapper_vjp(eqn) -> bool:
+  """A custom_vjp around convs / matmuls (a rematerialised block, ``jax.checkpoint`` inside a
+  custom_vjp): its forward is its ``call_jaxpr``, evaluated inline so the ops are seen. The
+  spike's custom_vjp holds no conv / matmul and stays one op."""
+  return eqn.primitive.name.startswith("custom_vjp") and _contains_synaptic(eqn)
+
+
 def _contains_synaptic(eqn) -> bool:
   return any(e.primitive.name in _SYNAPTIC or _contains_synaptic(e)
              for sub in jex.jaxprs_in_params(eqn.params) for e in sub.eqns)
@@ -200,7 +207,7 @@ def _interpret(jaxpr, consts, args, arg_tags, sites: list, stats: list | None):
   for eqn in jaxpr.eqns:
     vals, in_tags = zip(*(read(v) for v in eqn.invars)) if eqn.invars else ((), ())
     name = eqn.primitive.name
-    body = _inline_body(eqn) if name in _INLINE else None
+    body = _inline_body(eqn) if name in _INLINE or _is_wrapper_vjp(eqn) else None
     if body is not None:
       outs, out_tags = _interpret(body[0], body[1], vals, in_tags, sites, stats)
     else:
