@@ -50,6 +50,8 @@ def tmp_workdir(tmp_path):
 
 
 def pytest_sessionfinish(session, exitstatus):
+  if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the controller cleans up
+    return
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
   if os.path.basename(cache).startswith("cfsnn_jax_tests_jit_"):
     import shutil

@@ -11,8 +11,8 @@ is far too slow, so the design is a covering one, ``DESIGN`` (20 runs):
 - every config appears at least once (rows 0-13 take the 14 configs in order, rows 14-19 the
   cheapest, ``default:tiny``). Config x factor pairs are not all covered: that would need at
   least 14 x 5 = 70 full runs.
-Each run is a full ``train.train_and_evaluate`` with the analysis report (energy, firing
-rates, gradient availability), in this one process. Separately, the energy estimate is the
+Each run is a full ``run.run`` (training, then the analysis report: energy, firing
+rates, gradient availability) in this one process. Separately, the energy estimate is the
 same with and without rematerialisation.
 """
 
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import pytest
 
-from cfsnn_jax import main, train
+from cfsnn_jax import main, run, steps
 
 REMATS = ("none", "neuron", "block", "block_full")
 DTYPES = ("float32", "bfloat16")
@@ -85,7 +85,7 @@ def test_combination_trains_with_the_analysis_report(row, tmp_path, devices):
       f"--config.data_workers={row['data_workers']}"])
   config = parsed.config
   devices(row["devices"])
-  summary = train.train_and_evaluate(config, parsed.workdir)
+  summary = run.run(config, parsed.workdir)  # training, then the end-of-run report
   assert summary["steps"] == config.num_train_steps
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   assert np.isfinite(summary["test_firing_rate"])
@@ -112,7 +112,7 @@ def test_energy_is_the_same_with_and_without_remat(config_name, blocks):
       with config.unlocked():
         config.model.stage_blocks = blocks
     splits = data.load_dataset(config)
-    model = train.build_model(config, splits.info, nnx.Rngs(params=jax.random.key(0)))
+    model = steps.build_model(config, splits.info, nnx.Rngs(params=jax.random.key(0)))
     model.eval()
     batches = pipeline.EvalBatches(splits.test, 8, transform=data.eval_transform(
         config, splits.info))

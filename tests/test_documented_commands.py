@@ -13,6 +13,7 @@ reason (README.md says the same). Identical tiny forms run once.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import shlex
@@ -31,6 +32,9 @@ NOT_RUN = {
     "python -m pytest": "the test suite itself",
     "tfds build": "downloads the dataset (network)",
 }
+if importlib.util.find_spec("spikingjelly") is None or importlib.util.find_spec("torch") is None:
+  NOT_RUN["python -m benchmarks.peers"] = ("needs the optional peers extra (torch CPU + "
+                                           "spikingjelly), not part of the test extra")
 # ``configs/X.py`` in the docs is a template: it is run with configs/default.py.
 _START = re.compile(r"^(python -m |pip install|tfds build)")
 
@@ -94,6 +98,9 @@ def tiny_form(cmd: str, scratch: str) -> list[str]:
     return [module, *out, f"--workdir={workdir}"]
   if module == "benchmarks.run":
     return [module, "--tiny", "--steps=1"]  # --tiny picks its own few cases
+  if module == "benchmarks.peers":  # the same models, a few channels, one timed step each
+    models = [a for a in args if a.startswith("--models=")]
+    return [module, "--tiny", "--steps=1", "--batch=2", *models]
   if module == "experiments.launch":
     assert "--dry_run" in args, cmd
     return [module, *args]

@@ -135,11 +135,11 @@ def test_no_intact_step_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("optimizer.learning_rate", float("nan"), "config.optimizer.learning_rate must be a "
-     "finite number, got nan"),
-    ("loss.pn_weight", float("nan"), "config.loss.pn_weight must be a finite number"),
-    ("neuron.alpha", float("inf"), "config.neuron.alpha must be a finite number, got inf"),
-    ("keep_checkpoints", 0, "keep_checkpoints must be >= 1, got 0"),
+    ("optimizer.learning_rate", float("nan"), r"config.optimizer.learning_rate=nan: expected a "
+     "finite number"),
+    ("loss.pn_weight", float("nan"), r"config.loss.pn_weight=nan: expected a finite number"),
+    ("neuron.alpha", float("inf"), r"config.neuron.alpha=inf: expected a finite number"),
+    ("keep_checkpoints", 0, r"config.keep_checkpoints=0: expected int >= 1"),
 ])
 def test_config_rejects_non_finite_floats_and_no_checkpoints(field, value, match):
   config = default_config.get_config("tiny")
