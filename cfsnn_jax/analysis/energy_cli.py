@@ -22,6 +22,7 @@ def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float
   from cfsnn_jax.data import pipeline
 
   config_schema.validate_config(config)
+  _check_same_run(config, workdir)
   splits = data.load_dataset(config)
   info = splits.info
   setup = steps.create_train_state(config, info, 1)
@@ -44,6 +45,21 @@ def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float
   json_path, md_path = energy.write_energy(report, workdir)
   print(f"wrote {json_path} and {md_path}")
   return 0
+
+
+def _check_same_run(config, workdir: str) -> None:
+  """A workdir trained with another config (say ``--config.neuron.name=lif``) whose parameters
+  happen to fit this one's model would be measured silently as this config's model: refused
+  with one line naming the first differing field (the run-only fields may differ)."""
+  from cfsnn_jax import run_paths
+  from cfsnn_jax import workdir as workdir_lib
+  from cfsnn_jax.errors import UserError
+  try:
+    workdir_lib.inspect(run_paths.workdir_path(workdir), workdir_lib.run_description(config))
+  except UserError as e:
+    text = str(e).split("; pass a new --workdir")[0]
+    raise UserError(f"{text}; pass the --config and overrides that run was trained with"
+                    ) from None
 
 
 def run() -> None:
