@@ -351,7 +351,7 @@ def test_energy_cli_refuses_a_workdir_trained_with_another_config(tmp_workdir):
   from cfsnn_jax.analysis import energy_cli
   trained = default.get_config("tiny")
   path = run_paths.workdir_path(tmp_workdir)
-  path.mkdir(parents=True, exist_ok=True)
+  (path / "checkpoints" / "6").mkdir(parents=True)  # refused before any restore
   workdir.write_description(path, workdir.run_description(trained),
                             workdir.Status("fresh", path))
   asked = default.get_config("tiny")
@@ -361,4 +361,4 @@ def test_energy_cli_refuses_a_workdir_trained_with_another_config(tmp_workdir):
     energy_cli.main(asked, tmp_workdir, 1, 4.6, 0.9)
   assert not os.path.exists(os.path.join(tmp_workdir, "energy.json"))
   asked.neuron.name, asked.progress_bar = "cf", True  # a run-only field may differ
-  assert energy_cli.main(asked, tmp_workdir, 1, 4.6, 0.9) == 0
+  energy_cli._check_same_run(asked, tmp_workdir)
