@@ -361,4 +361,5 @@ def test_energy_cli_refuses_a_workdir_trained_with_another_config(tmp_workdir):
     energy_cli.main(asked, tmp_workdir, 1, 4.6, 0.9)
   assert not os.path.exists(os.path.join(tmp_workdir, "energy.json"))
   asked.neuron.name, asked.progress_bar = "cf", True  # a run-only field may differ
+  asked.model.remat = "block"  # so may remat (memory only)
   energy_cli._check_same_run(asked, tmp_workdir)

@@ -50,12 +50,22 @@ def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float
 def _check_same_run(config, workdir: str) -> None:
   """A workdir trained with another config (say ``--config.neuron.name=lif``) whose parameters
   happen to fit this one's model would be measured silently as this config's model: refused
-  with one line naming the first differing field (the run-only fields may differ)."""
+  with one line naming the first differing field (the run-only fields may differ, and so may
+  ``model.remat``: it changes only the backward pass's memory, never the forward values)."""
+  import json
+
   from cfsnn_jax import run_paths
   from cfsnn_jax import workdir as workdir_lib
   from cfsnn_jax.errors import UserError
+  path = run_paths.workdir_path(workdir)
+  description = workdir_lib.run_description(config)
   try:
-    workdir_lib.inspect(run_paths.workdir_path(workdir), workdir_lib.run_description(config))
+    saved = json.loads((path / workdir_lib.CONFIG_FILE).read_text())
+    description["config"]["model"]["remat"] = saved["model"]["remat"]
+  except (OSError, ValueError, KeyError, TypeError):
+    pass  # no or unreadable config.json: inspect says what is wrong, if anything
+  try:
+    workdir_lib.inspect(path, description)
   except UserError as e:
     text = str(e).split("; pass a new --workdir")[0]
     raise UserError(f"{text}; pass the --config and overrides that run was trained with"
