@@ -38,9 +38,11 @@ from cfsnn_jax import run_paths
 from cfsnn_jax.errors import UserError
 
 # Fields that change how a run reports or saves, never what it computes: they may differ
-# between the runs of one workdir (README "Runs and workdirs").
+# between the runs of one workdir (README "Runs and workdirs"). Not ``data_workers``: the data
+# iterator's checkpointed state has another format with worker processes (grain mp_prefetch),
+# so a resume with another worker count would find every checkpoint unrestorable.
 RUN_ONLY_FIELDS = frozenset({
-    "progress_bar", "log_every_steps", "analysis_report", "data_workers", "keep_checkpoints",
+    "progress_bar", "log_every_steps", "analysis_report", "keep_checkpoints",
     "checkpoint_every_steps", "checkpoint_every_seconds"})
 
 CONFIG_FILE, RUN_FILE, SUMMARY_FILE, LOCK_FILE = ("config.json", "run.json", "summary.json",

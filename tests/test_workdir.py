@@ -53,6 +53,10 @@ def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
   with pytest.raises(UserError, match=r"holds another run: optimizer.learning_rate is 0.003 "
                      r"there, 0.5 here; pass a new --workdir"):
     workdir.inspect(root, workdir.run_description(config))
+  config.optimizer.learning_rate = 0.003
+  config.data_workers = 1  # the data iterator's saved state depends on it: not run-only
+  with pytest.raises(UserError, match=r"holds another run: data_workers is 0 there, 1 here"):
+    workdir.inspect(root, workdir.run_description(config))
   (root / "summary.json").write_text(json.dumps({"test_accuracy": 0.5}))
   status = workdir.inspect(root, desc)
   assert status.kind == "finished" and status.summary == {"test_accuracy": 0.5}
