@@ -183,8 +183,12 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any,
 
 
 def _restore_step(manager, step, template, data_iter) -> tuple[Any, dict]:
-  check_compatible(manager, step, template)
-  items = {"state": ocp.args.StandardRestore(_abstract(template))}
+  """``template=None`` restores the saved tree as it is (nested dicts of arrays)."""
+  if template is None:
+    items = {"state": ocp.args.StandardRestore()}
+  else:
+    check_compatible(manager, step, template)
+    items = {"state": ocp.args.StandardRestore(_abstract(template))}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
@@ -256,13 +260,48 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
 
 def init_from(other_workdir: str, state: Any) -> Any:
   """``state`` with ``params`` and ``rest`` replaced by those of ``other_workdir``'s newest
-  intact checkpoint (same model required); optimizer state, step and RNG stay fresh."""
+  intact checkpoint (same model required); optimizer state, step and RNG stay fresh, so the
+  other run may have used another optimizer, clipping or schedule."""
   directory = run_paths.workdir_path(other_workdir) / "checkpoints"
   if not directory.is_dir():
     raise UserError(f"init_from: no checkpoints directory {directory}")
   manager = open_manager(directory, read_only=True)
   if manager.latest_step() is None:
     raise UserError(f"init_from: {directory} holds no finished checkpoint")
-  restored = restore_newest_intact(manager, state, None, move_damaged=False).state
+  # the saved tree as it is: its opt_state need not match this run's optimizer
+  restored = restore_newest_intact(manager, None, None, move_damaged=False)
   manager.close()
-  return dict(state, params=restored["params"], rest=restored["rest"])
+  where = f"init_from: checkpoint step {restored.step} in {directory}"
+  return dict(state, params=_graft(restored.state, state, "params", where),
+              rest=_graft(restored.state, state, "rest", where))
+
+
+def _graft(saved: dict, state: Any, key: str, where: str) -> Any:
+  """``state[key]`` with every leaf taken from the saved tree by path; a missing path or
+  another shape is a one-line ``MismatchError``."""
+  by_path = {f"{key}/{_path_str(p)}": v for p, v in
+             jax.tree_util.tree_leaves_with_path(saved.get(key, {}))}
+
+  used = set()
+
+  def take(path, leaf):
+    name = f"{key}/{_path_str(path)}"
+    name = name if name in by_path else name.removesuffix("/value")
+    value = by_path.get(name)
+    used.add(name)
+    if value is None:
+      raise MismatchError(f"{where} does not match this model/config: missing {name}")
+    if tuple(np.shape(value)) != tuple(np.shape(leaf)):
+      raise MismatchError(f"{where} does not match this model/config: {name} has shape "
+                          f"{tuple(np.shape(value))} in the checkpoint, "
+                          f"{tuple(np.shape(leaf))} in the model")
+    value = np.asarray(value, dtype=leaf.dtype)
+    sharding = getattr(leaf, "sharding", None)
+    return jax.device_put(value, sharding) if sharding is not None else value
+
+  grafted = jax.tree_util.tree_map_with_path(take, state[key])
+  extra = sorted(set(by_path) - used)
+  if extra:
+    raise MismatchError(f"{where} does not match this model/config: unexpected {extra[0]} "
+                        f"({len(extra)} unexpected entries)")
+  return grafted

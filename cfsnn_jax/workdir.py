@@ -38,9 +38,11 @@ from cfsnn_jax import run_paths
 from cfsnn_jax.errors import UserError
 
 # Fields that change how a run reports or saves, never what it computes: they may differ
-# between the runs of one workdir (README "Runs and workdirs").
+# between the runs of one workdir (README "Runs and workdirs"). Not ``data_workers``: the data
+# iterator's checkpointed state has another format with worker processes (grain mp_prefetch),
+# so a resume with another worker count would find every checkpoint unrestorable.
 RUN_ONLY_FIELDS = frozenset({
-    "progress_bar", "log_every_steps", "analysis_report", "data_workers", "keep_checkpoints",
+    "progress_bar", "log_every_steps", "analysis_report", "keep_checkpoints",
     "checkpoint_every_steps", "checkpoint_every_seconds"})
 
 CONFIG_FILE, RUN_FILE, SUMMARY_FILE, LOCK_FILE = ("config.json", "run.json", "summary.json",
@@ -127,6 +129,12 @@ def inspect(workdir: epath.Path, description: dict) -> Status:
     saved = _read_json(workdir / RUN_FILE)
   wanted = description if "neuron_spec" in saved else {"config": description["config"]}
   diff = first_difference(comparable(saved), comparable(wanted))
+  if diff and not (workdir / SUMMARY_FILE).exists() and not _has_checkpoint(workdir):
+    # a run that stopped before its first checkpoint (a wrong data_dir, a failed init_from)
+    # holds nothing to resume: the corrected command starts afresh instead of being refused
+    print(f"cfsnn_jax: {workdir} holds a run that stopped before its first checkpoint "
+          f"({diff}); starting afresh", file=sys.stderr, flush=True)
+    return Status("fresh", workdir)
   if diff:
     raise UserError(f"--workdir {workdir} holds another run: {diff}; pass a new --workdir "
                     "(or leave it out) to start fresh, or rerun with that run's settings "
@@ -134,6 +142,16 @@ def inspect(workdir: epath.Path, description: dict) -> Status:
   if (workdir / SUMMARY_FILE).exists():
     return Status("finished", workdir, _read_json(workdir / SUMMARY_FILE))
   return Status("resume", workdir)
+
+
+def _has_checkpoint(workdir: epath.Path) -> bool:
+  """Whether ``workdir/checkpoints`` holds a finished orbax step (a directory named by digits;
+  unfinished saves carry a temporary suffix)."""
+  directory = workdir / "checkpoints"
+  try:
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+  except OSError as e:
+    raise run_paths.fs_error(directory, e) from None
 
 
 def write_description(workdir: epath.Path, description: dict, status: Status) -> None:

@@ -138,11 +138,16 @@ def test_resnet19_macs_match_independent_count(residual):
   assert ops[-1].name == "head" and ops[-1].macs == 256 * 10
 
 
-def test_event_input_encoder_runs_every_step():
+@pytest.mark.parametrize("workarounds", ["on", "off"])
+@pytest.mark.parametrize("remat", ["none", "neuron", "block", "block_full"])
+def test_event_input_encoder_runs_every_step(remat, workarounds, monkeypatch):
+  # every remat mode, with the CPU wrapper (a custom_vjp) and without (jax's remat2): the
+  # checkpointed blocks are traced inline
+  monkeypatch.setenv("CFSNN_BACKEND_WORKAROUNDS", workarounds)
   factory = layers.NeuronFactory(neurons.resolve_spec("lif"), 3)
   model = nnx.eval_shape(lambda: vgg.vggsnn(
       input_shape=(16, 16, 2), num_classes=4, neuron=factory, layout=(4, "A", 8, "A"),
-      static_input=False, rngs=nnx.Rngs(0)))
+      static_input=False, remat=remat, rngs=nnx.Rngs(0)))
   ops = energy.trace_synaptic_ops(model, jax.ShapeDtypeStruct((3, 2, 16, 16, 2), jnp.float32))
   assert [(op.name, op.encoder, op.steps, op.macs) for op in ops] == [
       ("convs.0", True, 3, 16 * 16 * 9 * 2 * 4), ("convs.1", False, 3, 8 * 8 * 9 * 4 * 8),
@@ -336,3 +341,25 @@ def test_energy_cli_writes_table_for_fresh_parameters(tmp_workdir, capsys):
   assert [r["name"] for r in table["layers"]] == ["linears.0", "head"]
   assert table["layers"][0]["macs"] == 64 * 32 and table["layers"][0]["encoder"]
   assert "fresh parameters" in capsys.readouterr().out
+
+
+def test_energy_cli_refuses_a_workdir_trained_with_another_config(tmp_workdir):
+  # CF and LIF parameters have the same shapes: without the check the CF run would be
+  # measured silently as a LIF model
+  from configs import default
+  from cfsnn_jax import errors, run_paths, workdir
+  from cfsnn_jax.analysis import energy_cli
+  trained = default.get_config("tiny")
+  path = run_paths.workdir_path(tmp_workdir)
+  (path / "checkpoints" / "6").mkdir(parents=True)  # refused before any restore
+  workdir.write_description(path, workdir.run_description(trained),
+                            workdir.Status("fresh", path))
+  asked = default.get_config("tiny")
+  asked.neuron.name = "lif"
+  with pytest.raises(errors.UserError, match=r"holds another run: neuron.name is \"cf\" there, "
+                     r"\"lif\" here; pass the --config and overrides that run was trained"):
+    energy_cli.main(asked, tmp_workdir, 1, 4.6, 0.9)
+  assert not os.path.exists(os.path.join(tmp_workdir, "energy.json"))
+  asked.neuron.name, asked.progress_bar = "cf", True  # a run-only field may differ
+  asked.model.remat = "block"  # so may remat (memory only)
+  energy_cli._check_same_run(asked, tmp_workdir)

@@ -139,6 +139,20 @@ def test_init_from_copies_parameters_not_optimizer(tmp_path):
   assert int(tuned["step"]) == 0
   with pytest.raises(ValueError, match="init_from: no checkpoints directory"):
     checkpointing.init_from(str(tmp_path / "nowhere"), fresh)
+  # fine-tuning with another optimizer / clipping: only params and rest must match
+  other = default_config.get_config("tiny")
+  other.optimizer.name, other.optimizer.grad_clip = "sgd", 1.0
+  _, _, fresh_sgd, _, _ = steps.create_train_state(other, info, 6)
+  tuned = checkpointing.init_from(src, fresh_sgd)
+  for x, y in zip(jax.tree.leaves(tuned["params"]), jax.tree.leaves(trained["params"])):
+    np.testing.assert_array_equal(x, y)
+  assert jax.tree.structure(tuned["opt_state"]) == jax.tree.structure(fresh_sgd["opt_state"])
+  wider = default_config.get_config("tiny")
+  wider.model.hidden = (48,)
+  _, _, fresh_wide, _, _ = steps.create_train_state(wider, info, 6)
+  with pytest.raises(checkpointing.MismatchError,
+                     match=r"params/.* has shape .* in the checkpoint, .* in the model"):
+    checkpointing.init_from(src, fresh_wide)
 
 
 def test_batch_size_not_divisible_by_devices(tmp_workdir):

@@ -45,8 +45,17 @@ def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
   workdir.write_description(image_root, image_desc, workdir.inspect(image_root, image_desc))
   assert workdir.inspect(image_root, workdir.run_description(image)).kind == "resume"
   config.optimizer.learning_rate = 0.5
+  # stopped before its first checkpoint (a wrong data_dir, say): the corrected run starts afresh
+  assert workdir.inspect(root, workdir.run_description(config)).kind == "fresh"
+  (root / "checkpoints" / "3.orbax-checkpoint-tmp-1").mkdir(parents=True)  # unfinished save
+  assert workdir.inspect(root, workdir.run_description(config)).kind == "fresh"
+  (root / "checkpoints" / "3").mkdir()
   with pytest.raises(UserError, match=r"holds another run: optimizer.learning_rate is 0.003 "
                      r"there, 0.5 here; pass a new --workdir"):
+    workdir.inspect(root, workdir.run_description(config))
+  config.optimizer.learning_rate = 0.003
+  config.data_workers = 1  # the data iterator's saved state depends on it: not run-only
+  with pytest.raises(UserError, match=r"holds another run: data_workers is 0 there, 1 here"):
     workdir.inspect(root, workdir.run_description(config))
   (root / "summary.json").write_text(json.dumps({"test_accuracy": 0.5}))
   status = workdir.inspect(root, desc)

@@ -24,6 +24,7 @@ def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float
   from cfsnn_jax.data import pipeline
 
   config_schema.validate_config(config)
+  _check_same_run(config, workdir)
   splits = data.load_dataset(config)
   info = splits.info
   setup = steps.create_train_state(config, info, 1)
@@ -55,6 +56,32 @@ def _define_flags(fv) -> None:
   flags.DEFINE_float("e_ac", 0.9, "Energy of one accumulate in pJ (45 nm).", flag_values=fv)
 
 
+def _check_same_run(config, workdir: str) -> None:
+  """A workdir trained with another config (say ``--config.neuron.name=lif``) whose parameters
+  happen to fit this one's model would be measured silently as this config's model: refused
+  with one line naming the first differing field (the run-only fields may differ, and so may
+  ``model.remat``: it changes only the backward pass's memory, never the forward values)."""
+  import json
+
+  from cfsnn_jax import run_paths
+  from cfsnn_jax import workdir as workdir_lib
+  from cfsnn_jax.errors import UserError
+  path = run_paths.workdir_path(workdir)
+  description = workdir_lib.run_description(config)
+  try:
+    saved = json.loads((path / workdir_lib.CONFIG_FILE).read_text())
+    description["config"]["model"]["remat"] = saved["model"]["remat"]
+  except (OSError, ValueError, KeyError, TypeError):
+    pass  # no or unreadable config.json: inspect says what is wrong, if anything
+  try:
+    workdir_lib.inspect(path, description)
+  except UserError as e:
+    text = str(e).split("; pass a new --workdir")[0]
+    raise UserError(f"{text}; pass the --config and overrides that run was trained with"
+                    ) from None
+
+
+
 def run(argv: list[str] | None = None) -> None:
   """Flags as ``cfsnn_jax.main`` parses them (``--config`` path or name, ``--workdir``) plus
   ``--num_batches``, ``--e_mac``, ``--e_ac``; every bad input is one ``error:`` line."""
@@ -79,7 +106,7 @@ def run(argv: list[str] | None = None) -> None:
     logging.set_verbosity(logging.WARNING)
     sys.exit(main(parsed.config, parsed.workdir, fv["num_batches"].value, fv["e_mac"].value,
                   fv["e_ac"].value))
-  except ValueError as e:  # bad input: one clear line, no traceback
+  except UserError as e:  # bad input: one clear line; bugs keep the traceback
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -108,7 +108,8 @@ def decode_trial(path: str, segments: tuple[tuple[int, int, int], ...]
 def read_tonic(path: str) -> events.Events:
   """Events of one tonic ``<label>.npy`` (columns x, y, p, t in ms)."""
   with decoding(path, "a tonic DVSGesture .npy with columns x, y, p, t"):
-    arr = np.load(path, allow_pickle=False)
+    with events.NPY_LOCK:
+      arr = np.load(path, allow_pickle=False)
   if arr.ndim != 2 or arr.shape[1] != 4:
     raise DataError(path, f"array of shape {arr.shape}; expected [N, 4] columns x, y, p, t "
                     "(tonic DVSGesture)")

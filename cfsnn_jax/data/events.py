@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -106,6 +107,12 @@ def resize_frames(frames_THWC: np.ndarray, size: Sequence[int]) -> np.ndarray:
       plane = Image.fromarray(np.ascontiguousarray(frames_THWC[i, :, :, k], np.float32), "F")
       out[i, :, :, k] = np.asarray(plane.resize((w, h), Image.BILINEAR))
   return out
+
+
+# Held around every np.load of the data loaders: numpy parses .npy headers with
+# ast.literal_eval, which is not thread-safe on CPython < 3.11.9 / 3.12.3 ("SystemError: AST
+# constructor recursion depth mismatch", cpython#106905), and grain reads in threads.
+NPY_LOCK = threading.Lock()
 
 
 def atomic_save_npy(path: str, array: np.ndarray) -> None:
@@ -198,7 +205,8 @@ class FrameCache:
     if not os.path.isfile(path):
       return None
     try:
-      frames = np.load(path)
+      with NPY_LOCK:
+        frames = np.load(path)
     except (OSError, ValueError, EOFError):  # damaged outside our atomic writes: decode again
       return None
     return frames if frames.shape == shape else None
@@ -337,7 +345,7 @@ def read_event_array(path: str) -> Events:
   expected = EVENT_ARRAY
   if path.endswith(".npz"):
     with decoding(path, expected):
-      with np.load(path, allow_pickle=False) as z:
+      with NPY_LOCK, np.load(path, allow_pickle=False) as z:
         cols = {k: np.asarray(z[k]) for k in z.files}
   elif path.endswith(".csv"):
     rows = list(csv.reader(read_text(path, expected).splitlines()))

@@ -92,7 +92,8 @@ def bins_to_frames(bins_KPB: np.ndarray, num_frames: int, path: str) -> np.ndarr
 
 def read_release(path: str, num_frames: int, num_taxels: int) -> np.ndarray:
   with decoding(path, "a TactileSGNet [39, 2, B] array of 0/1"):
-    arr = np.load(path, allow_pickle=False)
+    with events.NPY_LOCK:
+      arr = np.load(path, allow_pickle=False)
   if arr.ndim != 3 or arr.shape[:2] != (num_taxels, 2):
     raise DataError(path, f"array of shape {arr.shape}; expected [{num_taxels} taxels, 2 "
                     "polarities, time bins] (TactileSGNet Ev-Objects)")

@@ -21,7 +21,7 @@ import re
 import numpy as np
 
 from cfsnn_jax.data import verify
-from cfsnn_jax.data.events import Events
+from cfsnn_jax.data.events import NPY_LOCK, Events
 from cfsnn_jax.data.sources import DataError, decoding
 
 EVENTS_DIR = "events_np"
@@ -54,7 +54,7 @@ def has_frames(root: str) -> bool:
 
 def read_events(path: str) -> Events:
   with decoding(path, "a SpikingJelly events_np .npz with arrays t, x, y, p"):
-    with np.load(path, allow_pickle=False) as z:
+    with NPY_LOCK, np.load(path, allow_pickle=False) as z:
       missing = [k for k in EVENT_KEYS if k not in z.files]
       if missing:
         raise DataError(path, f"missing arrays {missing}; expected t, x, y, p (SpikingJelly "
@@ -67,7 +67,7 @@ def read_events(path: str) -> Events:
 
 def read_frames(path: str) -> np.ndarray:
   with decoding(path, "a SpikingJelly frames .npz with array frames [T, 2, H, W]"):
-    with np.load(path, allow_pickle=False) as z:
+    with NPY_LOCK, np.load(path, allow_pickle=False) as z:
       if "frames" not in z.files:
         raise DataError(path, f"no array 'frames' (found {z.files}); expected SpikingJelly "
                         "frames [T, 2, H, W]")

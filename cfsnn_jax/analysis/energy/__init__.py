@@ -49,7 +49,8 @@ PJ_PER_MJ = 1e9
 
 _SYNAPTIC = ("conv_general_dilated", "dot_general")
 # Call-like primitives whose body is evaluated inline, so the ops inside are seen (and named).
-_INLINE = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "remat", "checkpoint")
+_INLINE = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "remat", "remat2",
+           "checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +208,8 @@ def _interpret(jaxpr, consts, args, arg_tags, sites: list, stats: list | None):
   for eqn in jaxpr.eqns:
     vals, in_tags = zip(*(read(v) for v in eqn.invars)) if eqn.invars else ((), ())
     name = eqn.primitive.name
+    # a custom_vjp holding convs is remat.checkpoint's CPU wrapper of a block: its forward is
+    # evaluated inline (its neurons' own custom_vjps still mark their spikes)
     body = _inline_body(eqn) if name in _INLINE or _is_wrapper_vjp(eqn) else None
     if body is not None:
       outs, out_tags = _interpret(body[0], body[1], vals, in_tags, sites, stats)
