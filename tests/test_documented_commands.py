@@ -100,7 +100,7 @@ def tiny_form(cmd: str, scratch: str) -> list[str]:
     return [module, "--tiny", "--steps=1"]  # --tiny picks its own few cases
   if module == "benchmarks.peers":  # the same models, a few channels, one timed step each
     models = [a for a in args if a.startswith("--models=")]
-    return [module, "--tiny", "--steps=1", "--batch=2", *models]
+    return [module, "--tiny", "--steps=1", "--batch=4", *models]  # 4 simulated devices
   if module == "experiments.launch":
     assert "--dry_run" in args, cmd
     return [module, *args]
