@@ -82,8 +82,8 @@ def first_nonfinite(metrics: dict, state: Any) -> str:
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
     a = np.asarray(jax.device_get(leaf))
     if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
-      return f"{jax.tree_util.keystr(path, simple=True, separator='/')} has {np.size(a) - np.isfinite(a).sum()} " \
-             "non-finite values"
+      where = jax.tree_util.keystr(path, simple=True, separator="/")
+      return f"{where} has {np.size(a) - np.isfinite(a).sum()} non-finite values"
   return "a non-finite value"
 
 

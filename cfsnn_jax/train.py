@@ -152,10 +152,11 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
   def check(entry) -> None:
     step, metrics, finite = entry
     if not bool(finite):
-      raise run_guard.Diverged(f"training diverged at step {step}: {run_guard.first_nonfinite(metrics, state)}; "
-                     f"nothing non-finite was saved, the latest checkpoint (step {last_saved}) "
-                     "is the last good state; lower optimizer.learning_rate or set "
-                     "optimizer.grad_clip")
+      what = run_guard.first_nonfinite(metrics, state)
+      raise run_guard.Diverged(
+          f"training diverged at step {step}: {what}; nothing non-finite was saved, the latest "
+          f"checkpoint (step {last_saved}) is the last good state; lower "
+          "optimizer.learning_rate or set optimizer.grad_clip")
 
   def save(done: int) -> None:
     nonlocal last_saved, t_start, t_saved
