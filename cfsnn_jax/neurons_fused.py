@@ -6,8 +6,9 @@ Contract:
   is a ``custom_vjp`` whose backward is one hand-written reverse scan that keeps only H (and
   the per-step thresholds / sharpness) from the forward; ``bptt="autodiff"`` is the reference.
 - ``run_neuron_with_stats(...) -> (S_TB, H_TB or None, NeuronStats)``: also the per-step PN
-  moments and firing rate, computed in the same pass; their cotangents enter the backward scan
-  as ``[T]`` vectors, so no ``[T, B, ...]`` gradient of H is materialised for them. ``H_TB``
+  moments and firing rate, inside the custom_vjp (``stacked_moments``: one reduction over the
+  stacked steps); their cotangents enter the backward scan as ``[T]`` vectors, so no
+  ``[T, B, ...]`` gradient of H is materialised for them. ``H_TB``
   only with ``keep_potential`` (analysis probes).
 - ``default_unroll(T)``: the time loop's ``unroll`` a layer uses when none is configured.
 
@@ -103,8 +104,7 @@ def _fused_forward(x_TB, alpha_T, decay, theta_T, spec, use_adaptive, unroll, ka
 
   def step(u_prev, inputs):
     u, (s, h, theta_t, alpha_t) = step_fn(u_prev, *inputs)
-    moments = None if kappa is None else neurons.step_moments(h, s, kappa)
-    return u, (s, h, theta_t, alpha_t, moments)
+    return u, (s, h, theta_t, alpha_t)
 
   u0 = jnp.zeros(x_TB.shape[1:], dtype)
   xs = (x_TB, alpha_T, theta_T)
@@ -113,8 +113,28 @@ def _fused_forward(x_TB, alpha_T, decay, theta_T, spec, use_adaptive, unroll, ka
     for t in range(T):
       u0, y = step(u0, jax.tree.map(lambda a: a[t], xs))
       ys.append(y)
-    return jax.tree.map(lambda *a: jnp.stack(a), *ys)
-  return jax.lax.scan(step, u0, xs, unroll=unroll)[1]
+    S_TB, H_TB, theta_used_T, alpha_used_T = jax.tree.map(lambda *a: jnp.stack(a), *ys)
+  else:
+    S_TB, H_TB, theta_used_T, alpha_used_T = jax.lax.scan(step, u0, xs, unroll=unroll)[1]
+  moments = None if kappa is None else stacked_moments(H_TB, S_TB, kappa)
+  return S_TB, H_TB, theta_used_T, alpha_used_T, moments
+
+
+def stacked_moments(H_TB: Array, S_TB: Array, kappa: float) -> tuple[Array, Array, Array, Array]:
+  """``jax.vmap(neurons.step_moments)(H_TB, S_TB)`` as one variadic reduction over the
+  stacked steps: XLA reads H and S once for all four ``[T]`` statistics. Computed per step
+  inside the time loop, each statistic re-evaluated the fused recurrence up to its step
+  (16 passes per layer at T = 4: 11.9 -> 8.9 GB accessed per ResNet-19 step,
+  docs/PERFORMANCE.md)."""
+  h = H_TB.astype(jnp.float32)
+  terms = (jax.nn.relu(h), jax.nn.relu(-h), jnp.tanh(kappa * h),
+           jnp.abs(S_TB.astype(jnp.float32)))
+  zero = jnp.zeros((), jnp.float32)
+  sums = jax.lax.reduce(terms, (zero,) * 4,
+                        lambda a, b: tuple(x + y for x, y in zip(a, b)),
+                        tuple(range(1, H_TB.ndim)))
+  n = H_TB[0].size
+  return tuple(v / n for v in sums)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))

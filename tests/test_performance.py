@@ -65,8 +65,9 @@ def test_fused_bptt_equals_autodiff(name, overrides, unroll):
   assert np.abs(np.asarray(got[1][0])).sum() > 0  # the test sees a real gradient
 
 
-@pytest.mark.parametrize("name", ["cf", "cf_signed", "dsatgo", "plif"])
-def test_statistics_from_the_fused_pass_equal_statistics_of_h(name):
+@pytest.mark.parametrize("name,unroll", [("cf", True), ("cf_signed", True), ("dsatgo", True),
+                                         ("plif", True), ("cf_signed", 1)])
+def test_statistics_from_the_fused_pass_equal_statistics_of_h(name, unroll):
   """``run_neuron_with_stats``: PN moments computed inside the neuron (their cotangents
   enter the backward scan as [T] vectors) give the layer's old values and gradients."""
   spec = neurons.resolve_spec(name)
@@ -82,7 +83,7 @@ def test_statistics_from_the_fused_pass_equal_statistics_of_h(name):
 
   def fused(x, alpha, decay):
     S, H, st = neurons_fused.run_neuron_with_stats(x, spec, alpha_T=alpha, decay=decay,
-                                                   pn_kappa=kappa, unroll=True)
+                                                   pn_kappa=kappa, unroll=unroll)
     assert H is None  # not materialised unless asked for
     return (jnp.sum(S * w) + jnp.sum((st.h_pos_T - st.h_neg_T) ** 2)
             + 3 * jnp.sum(st.h_tanh_T ** 2))
@@ -91,6 +92,9 @@ def test_statistics_from_the_fused_pass_equal_statistics_of_h(name):
   ref = jax.value_and_grad(reference, argnums=(0, 1, 2))(*args)
   got = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2)))(*args)
   assert _max_rel_err(ref, got) < 1e-5
+  S, _, st = neurons_fused.run_neuron_with_stats(x, spec, alpha_T=args[1], decay=args[2],
+                                                 pn_kappa=kappa, unroll=unroll)
+  np.testing.assert_allclose(st.rate_T, jnp.mean(jnp.abs(S), axis=(1, 2)), rtol=1e-6)
 
 
 def test_unrolled_and_scanned_time_loops_agree():
