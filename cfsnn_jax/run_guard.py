@@ -3,10 +3,12 @@
 Contract: ``StopSignals`` (a context manager, main thread only) turns the first SIGTERM /
 SIGINT into a flag the training loop polls after each step (it then saves a checkpoint and
 raises ``Interrupted``, whose ``exit_status`` is 128 + the signal number); a second signal
-exits the process at once. ``all_finite(tree)`` is a jitted scalar: every floating leaf of
-``tree`` is finite. ``first_nonfinite(metrics, state)`` names the first non-finite of the
-step's loss, its gradient norm and the state's leaves (path order), for the one line of
-``Diverged`` (a ``UserError``). ``agree(flag)`` is process 0's decision on every process.
+exits the process at once. ``tree_finite(tree)`` is a boolean scalar: every floating leaf of
+``tree`` is finite (``steps.train_step`` returns it for the loss, the gradient norm and the
+updated parameters as ``metrics["finite"]``; ``all_finite`` is the same, jitted).
+``first_nonfinite(metrics, state)`` names the first non-finite of the step's loss, its
+gradient norm and the state's leaves (path order), for the one line of ``Diverged`` (a
+``UserError``). ``agree(flag)`` is process 0's decision on every process.
 """
 
 from __future__ import annotations
@@ -66,11 +68,15 @@ class StopSignals:
       signal.signal(s, old)
 
 
-@jax.jit
-def all_finite(tree: Any) -> jax.Array:
+def tree_finite(tree: Any) -> jax.Array:
+  """A boolean scalar: every floating leaf of ``tree`` is finite (pure: the train step
+  computes it inside its own jit, so the guard costs no extra dispatch per step)."""
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else \
       jnp.bool_(True)
+
+
+all_finite = jax.jit(tree_finite)
 
 
 def first_nonfinite(metrics: dict, state: Any) -> str:

@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import config_schema, losses, models, optim
+from cfsnn_jax import config_schema, losses, models, optim, run_guard
 from cfsnn_jax.layers import NeuronFactory
 from cfsnn_jax.neurons import NeuronStats
 
@@ -151,6 +151,8 @@ def train_step(state: State, batch: dict, *, graphdef, tx: optax.GradientTransfo
   metrics = {"loss": out.loss, "task_loss": out.task, "pn_loss": out.pn,
              "accuracy": out.correct_B.mean(), "firing_rate": out.stats.rate_T.mean(),
              "grad_norm": optax.tree.norm(out.grads)}
+  metrics["finite"] = run_guard.tree_finite(
+      {"loss": out.loss, "grad_norm": metrics["grad_norm"], "params": params})
   new_state = dict(state, params=params, rest=out.rest, opt_state=opt_state,
                    step=state["step"] + 1)
   return new_state, metrics
