@@ -6,7 +6,7 @@ Contract:
   is a ``custom_vjp`` whose backward is one hand-written reverse scan that keeps only H (and
   the per-step thresholds / sharpness) from the forward; ``bptt="autodiff"`` is the reference.
 - ``run_neuron_with_stats(...) -> (S_TB, H_TB or None, NeuronStats)``: also the per-step PN
-  moments and firing rate, inside the custom_vjp (``stacked_moments``: one reduction over the
+  moments and firing rate, inside the custom_vjp (``stacked_moments``: reductions over the
   stacked steps); their cotangents enter the backward scan as ``[T]`` vectors, so no
   ``[T, B, ...]`` gradient of H is materialised for them. ``H_TB``
   only with ``keep_potential`` (analysis probes).
@@ -121,20 +121,16 @@ def _fused_forward(x_TB, alpha_T, decay, theta_T, spec, use_adaptive, unroll, ka
 
 
 def stacked_moments(H_TB: Array, S_TB: Array, kappa: float) -> tuple[Array, Array, Array, Array]:
-  """``jax.vmap(neurons.step_moments)(H_TB, S_TB)`` as one variadic reduction over the
-  stacked steps: XLA reads H and S once for all four ``[T]`` statistics. Computed per step
-  inside the time loop, each statistic re-evaluated the fused recurrence up to its step
-  (16 passes per layer at T = 4: 11.9 -> 8.9 GB accessed per ResNet-19 step,
-  docs/PERFORMANCE.md)."""
+  """``jax.vmap(neurons.step_moments)(H_TB, S_TB)`` as four reductions over the stacked
+  steps (axes 1..), after the time loop. Computed per step inside the unrolled loop, each of
+  the 4 x T statistics re-evaluated the fused recurrence up to its step (ResNet-19 TET step:
+  11.9 -> 9.6 GB accessed; neuron-forward thunks 459 -> 264 ms). Four separate means, not
+  one variadic ``lax.reduce`` (8.9 GB): XLA:CPU hands single reductions to YNNPACK and runs
+  a variadic one as its own serial loop (71 vs 85 ms per step; docs/PERFORMANCE.md)."""
   h = H_TB.astype(jnp.float32)
-  terms = (jax.nn.relu(h), jax.nn.relu(-h), jnp.tanh(kappa * h),
-           jnp.abs(S_TB.astype(jnp.float32)))
-  zero = jnp.zeros((), jnp.float32)
-  sums = jax.lax.reduce(terms, (zero,) * 4,
-                        lambda a, b: tuple(x + y for x, y in zip(a, b)),
-                        tuple(range(1, H_TB.ndim)))
-  n = H_TB[0].size
-  return tuple(v / n for v in sums)
+  axes = tuple(range(1, H_TB.ndim))
+  return (jnp.mean(jax.nn.relu(h), axes), jnp.mean(jax.nn.relu(-h), axes),
+          jnp.mean(jnp.tanh(kappa * h), axes), jnp.mean(jnp.abs(S_TB.astype(jnp.float32)), axes))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
