@@ -405,3 +405,19 @@ def test_op_profile_classifies_the_three_convolutions_of_a_gradient():
     convs = {c for c, _ in got if c.startswith("conv")}
     assert convs == {"conv_fwd", "conv_dgrad", "conv_wgrad"}, got
     assert {l for c, l in got if c.startswith("conv")} == {lib}, got
+
+
+# the suite's persistent compilation cache cannot serialise oneDNN fusions (harmless)
+@pytest.mark.filterwarnings("ignore:Error writing persistent compilation cache entry")
+def test_bf16_paths_benchmark_times_every_path_and_its_matmul_conv_is_the_convolution():
+  """``benchmarks.bf16_paths`` (the bf16 section of docs/PERFORMANCE.md), tiny shapes: every
+  dot dtype x option-set row and every convolution row is timed, and the conv-as-matmul
+  prototype whose cost it reports computes the same output and gradients as XLA's conv."""
+  from benchmarks import bf16_paths
+  rep = bf16_paths.main(["--n=2", "--hw=6", "--c=8", "--reps=1"])
+  assert len(rep["dots"]) == 3 * len(bf16_paths.option_sets())
+  assert all(r["wall_ms"] > 0 and r["gflops"] > 0 for r in rep["dots"])
+  errs = {r["case"]: r["rel_err"] for r in rep["conv"]}
+  assert errs["xla_conv float32"] == 0.0 and errs["conv_as_matmul float32"] < 1e-5
+  assert 0 < errs["conv_as_matmul bfloat16"] < 3e-2 and 0 < errs["xla_conv bfloat16"] < 3e-2
+  assert rep["conv"][-1]["case"].startswith("im2col") and rep["conv"][-1]["wall_ms"] > 0
