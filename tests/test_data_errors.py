@@ -228,6 +228,24 @@ def test_header_pass_accepts_every_clean_fixture_and_is_silent_off_a_terminal(ca
   assert capsys.readouterr().err == ""  # no progress bar when stderr is not a terminal
 
 
+def test_header_pass_parses_numpy_headers_under_the_npy_lock(monkeypatch):
+  """The threaded header pass parses every .npy header (numpy's ast.literal_eval, not
+  thread-safe on CPython < 3.11.9: a random 'AST constructor recursion depth mismatch' once
+  broke CI here) while holding ``sources.NPY_LOCK``, as the loaders' np.load calls do."""
+  from cfsnn_jax.data import sources
+  parsed = []
+  for name in ("read_array_header_1_0", "read_array_header_2_0"):
+    real = getattr(np.lib.format, name)
+
+    def locked_read(*a, _real=real, **k):
+      parsed.append(sources.NPY_LOCK.locked())
+      return _real(*a, **k)
+    monkeypatch.setattr(np.lib.format, name, locked_read)
+  splits = data.load_dataset(make_config("evtouch", "fixture", verify=False))
+  verify.verify_files(splits.files)
+  assert parsed and all(parsed)
+
+
 def test_npy_and_npz_header_checks(tmp_path):
   good = tmp_path / "a.npy"
   np.save(good, np.arange(100, dtype=np.int32))

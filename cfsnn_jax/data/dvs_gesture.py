@@ -125,7 +125,8 @@ def check_tonic(path: str) -> None:
     version = np.lib.format.read_magic(f)
     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
             else np.lib.format.read_array_header_2_0)
-    shape = read(f)[0]
+    with events.NPY_LOCK:
+      shape = read(f)[0]
   if len(shape) != 2 or shape[1] != 4:
     raise DataError(path, f"array of shape {shape}; expected [N, 4] columns x, y, p, t")
 

@@ -40,13 +40,12 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from cfsnn_jax.data import event_filters
+from cfsnn_jax.data import event_filters, sources
 from cfsnn_jax.data.sources import DataError, decoding, read_text, require_path
 
 CACHE_FORMAT_VERSION = 2  # bump when the binning / resize rule or the key changes
@@ -109,10 +108,7 @@ def resize_frames(frames_THWC: np.ndarray, size: Sequence[int]) -> np.ndarray:
   return out
 
 
-# Held around every np.load of the data loaders: numpy parses .npy headers with
-# ast.literal_eval, which is not thread-safe on CPython < 3.11.9 / 3.12.3 ("SystemError: AST
-# constructor recursion depth mismatch", cpython#106905), and grain reads in threads.
-NPY_LOCK = threading.Lock()
+NPY_LOCK = sources.NPY_LOCK  # see sources.NPY_LOCK
 
 
 def atomic_save_npy(path: str, array: np.ndarray) -> None:

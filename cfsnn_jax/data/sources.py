@@ -12,11 +12,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from cfsnn_jax.errors import UserError
+
+# Held around every numpy header parse of the data code (``np.load`` and the header pass's
+# ``read_array_header_*``): numpy parses .npy headers with ast.literal_eval, which is not
+# thread-safe on CPython < 3.11.9 / 3.12.3 ("SystemError: AST constructor recursion depth
+# mismatch", cpython#106905), and grain and the header pass read in threads.
+NPY_LOCK = threading.Lock()
 
 
 class RandomAccessSource(Protocol):

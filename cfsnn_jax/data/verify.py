@@ -25,7 +25,7 @@ from typing import IO, Sequence
 
 import numpy as np
 
-from cfsnn_jax.data.sources import DataError, FileCheck, decoding, require_path
+from cfsnn_jax.data.sources import NPY_LOCK, DataError, FileCheck, decoding, require_path
 
 NUM_THREADS = 8  # header reads wait on the disk, not the CPU
 
@@ -36,7 +36,8 @@ def _npy_header(f: IO[bytes], stored_size: int, path: str, what: str) -> tuple:
     version = np.lib.format.read_magic(f)
     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
             else np.lib.format.read_array_header_2_0)
-    shape, _, dtype = read(f, max_header_size=1 << 20)  # 2.0 reader also parses 3.0
+    with NPY_LOCK:
+      shape, _, dtype = read(f, max_header_size=1 << 20)  # 2.0 reader also parses 3.0
     offset = f.tell()
   if dtype.hasobject:
     raise DataError(path, f"{what} holds Python objects (pickle); expected a numeric array")
