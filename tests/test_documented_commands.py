@@ -101,6 +101,8 @@ def tiny_form(cmd: str, scratch: str) -> list[str]:
   if module == "benchmarks.peers":  # the same models, a few channels, one timed step each
     models = [a for a in args if a.startswith("--models=")]
     return [module, "--tiny", "--steps=1", "--batch=4", *models]  # 4 simulated devices
+  if module == "benchmarks.bf16_paths":  # tiny shapes
+    return [module, "--n=2", "--hw=6", "--c=8", "--reps=1"]
   if module == "experiments.launch":
     assert "--dry_run" in args, cmd
     return [module, *args]
