@@ -121,16 +121,13 @@ def _fused_forward(x_TB, alpha_T, decay, theta_T, spec, use_adaptive, unroll, ka
 
 
 def stacked_moments(H_TB: Array, S_TB: Array, kappa: float) -> tuple[Array, Array, Array, Array]:
-  """``jax.vmap(neurons.step_moments)(H_TB, S_TB)`` as four reductions over the stacked
-  steps (axes 1..), after the time loop. Computed per step inside the unrolled loop, each of
-  the 4 x T statistics re-evaluated the fused recurrence up to its step (ResNet-19 TET step:
-  11.9 -> 9.6 GB accessed; neuron-forward thunks 459 -> 264 ms). Four separate means, not
+  """``neurons.step_moments`` of every step, vmapped over the stacked ``[T, ...]`` arrays
+  after the time loop: four means over axes 1.. . Computed per step inside the unrolled loop,
+  each of the 4 x T statistics re-evaluated the fused recurrence up to its step (ResNet-19
+  TET step: 11.9 -> 9.6 GB accessed; neuron-forward thunks 459 -> 264 ms). Four means, not
   one variadic ``lax.reduce`` (8.9 GB): XLA:CPU hands single reductions to YNNPACK and runs
   a variadic one as its own serial loop (71 vs 85 ms per step; docs/PERFORMANCE.md)."""
-  h = H_TB.astype(jnp.float32)
-  axes = tuple(range(1, H_TB.ndim))
-  return (jnp.mean(jax.nn.relu(h), axes), jnp.mean(jax.nn.relu(-h), axes),
-          jnp.mean(jnp.tanh(kappa * h), axes), jnp.mean(jnp.abs(S_TB.astype(jnp.float32)), axes))
+  return jax.vmap(lambda h, s: neurons.step_moments(h, s, kappa))(H_TB, S_TB)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
