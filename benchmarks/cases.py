@@ -36,6 +36,17 @@ class Case:
             f"T={self.num_steps} {self.remat} {self.dtype}")
 
 
+# What SpikingJelly computes in benchmarks/peers.py, shared by both peer models: LIF tau = 2
+# with hard reset (SpikingJelly's decay_input form), fixed sigmoid surrogate alpha = 4, no PN
+# loss, plain CE on the time-mean logits, SGD.
+_PEER_TRAINING: dict[str, Any] = dict(
+    neuron=dict(name="lif", tau=2.0, reset="hard", decay_input=True, surrogate="sigmoid",
+                alpha=4.0, surrogate_mode="fixed"),
+    pn_weight=0.0,
+    loss=dict(name="ce", label_smoothing=0.0),
+    optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                   schedule="constant"))
+
 # name -> (dataset description, model fields, tiny model fields, recipe overrides; optional
 # neuron preset + overrides and PN-loss weight, default CF with per-step LSG and 1e-3)
 BENCH_MODELS: dict[str, dict[str, Any]] = {
@@ -47,32 +58,21 @@ BENCH_MODELS: dict[str, dict[str, Any]] = {
         loss=dict(name="ce", label_smoothing=0.1),
         optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4)),
     # The peer-comparison model (benchmarks/peers.py): TET's ResNet-19 exactly as SpikingJelly
-    # builds it (64-channel stem, 12,653,988 parameters for 100 classes), LIF tau = 2 with
-    # hard reset (SpikingJelly's decay_input form), fixed sigmoid surrogate alpha = 4, plain
-    # CE on the time-mean logits, SGD: nothing SpikingJelly does not also compute.
+    # builds it (64-channel stem, 12,653,988 parameters for 100 classes), trained as
+    # _PEER_TRAINING: nothing SpikingJelly does not also compute.
     "resnet19_tet": dict(
         info=DatasetInfo("cifar100", 100, (32, 32, 3), static_input=True, synthetic=True),
         model=dict(name="resnet19", residual="standard", stem_width=64),
-        neuron=dict(name="lif", tau=2.0, reset="hard", decay_input=True, surrogate="sigmoid",
-                    alpha=4.0, surrogate_mode="fixed"),
-        pn_weight=0.0,
+        **_PEER_TRAINING,
         tiny=dict(widths=(8, 8, 16), stem_width=4, stage_blocks=(1, 1, 1), head_hidden=8),
-        tiny_input=(8, 8, 3),
-        loss=dict(name="ce", label_smoothing=0.0),
-        optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                       schedule="constant")),
-    # TET's VGGSNN with the same neuron / loss / optimizer as resnet19_tet (peers benchmark).
+        tiny_input=(8, 8, 3)),
+    # TET's VGGSNN, trained as _PEER_TRAINING (peers benchmark).
     "vggsnn_tet": dict(
         info=DatasetInfo("cifar10_dvs", 10, (48, 48, 2), static_input=False, synthetic=True),
         model=dict(name="vggsnn"),
-        neuron=dict(name="lif", tau=2.0, reset="hard", decay_input=True, surrogate="sigmoid",
-                    alpha=4.0, surrogate_mode="fixed"),
-        pn_weight=0.0,
+        **_PEER_TRAINING,
         tiny=dict(layout=(8, 8, "A", 8, 8, "A", 8, 8, "A", 8, 8, "A")),
-        tiny_input=(16, 16, 2),
-        loss=dict(name="ce", label_smoothing=0.0),
-        optimizer=dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                       schedule="constant")),
+        tiny_input=(16, 16, 2)),
     "vggsnn": dict(
         info=DatasetInfo("cifar10_dvs", 10, (48, 48, 2), static_input=False, synthetic=True),
         model=dict(name="vggsnn"),

@@ -409,11 +409,14 @@ def test_op_profile_classifies_the_three_convolutions_of_a_gradient():
 
 # the suite's persistent compilation cache cannot serialise oneDNN fusions (harmless)
 @pytest.mark.filterwarnings("ignore:Error writing persistent compilation cache entry")
-def test_bf16_paths_benchmark_times_every_path_and_its_matmul_conv_is_the_convolution():
+def test_bf16_paths_benchmark_times_every_path_and_its_matmul_conv_is_the_convolution(
+    monkeypatch):
   """``benchmarks.bf16_paths`` (the bf16 section of docs/PERFORMANCE.md), tiny shapes: every
   dot dtype x option-set row and every convolution row is timed, and the conv-as-matmul
   prototype whose cost it reports computes the same output and gradients as XLA's conv."""
   from benchmarks import bf16_paths
+  # in-process: keep its process-wide CPU settings (XLA_FLAGS, mallopt) off this test worker
+  monkeypatch.setattr(bf16_paths.xla_cpu, "apply", lambda: {"enabled": False})
   rep = bf16_paths.main(["--n=2", "--hw=6", "--c=8", "--reps=1"])
   assert len(rep["dots"]) == 3 * len(bf16_paths.option_sets())
   assert all(r["wall_ms"] > 0 and r["gflops"] > 0 for r in rep["dots"])
