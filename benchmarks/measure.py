@@ -30,11 +30,13 @@ import jax
 import numpy as np
 
 from benchmarks.cases import Case, case_config, dataset_info
+from cfsnn_jax import onednn_conv
 from cfsnn_jax import steps as step_builder  # run_case has an argument named steps
 
 
 def machine() -> dict[str, Any]:
-  """CPU model, core count, library versions and devices of this process."""
+  """CPU model, core count, library versions and devices of this process, and whether its
+  convolution gradients run oneDNN's kernels (``cfsnn_jax.onednn_conv``)."""
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
@@ -51,7 +53,8 @@ def machine() -> dict[str, Any]:
           "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
           "platform": dev[0].platform, "device_kind": dev[0].device_kind,
           "num_devices": len(dev), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+          "onednn_conv": onednn_conv.status()}
 
 
 def synthetic_batch(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
@@ -90,9 +93,11 @@ def _flops(compiled) -> float | None:
     return None
 
 
-def compile_case(case: Case, compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def compile_case(case: Case, compiler_options: dict[str, Any] | None = None,
+                 devices: list | None = None) -> dict[str, Any]:
   """Builds the case's state and batch and compiles its train step ahead of time (with
-  ``compiler_options``: XLA debug options for this executable only). Returns ``step`` (the
+  ``compiler_options``: XLA debug options for this executable only; on ``devices``, default
+  all, as the training loop does). Returns ``step`` (the
   compiled executable), ``state``, ``batch``, ``num_params`` and the build / lower / compile
   seconds."""
   config = case_config(case)
@@ -101,7 +106,7 @@ def compile_case(case: Case, compiler_options: dict[str, Any] | None = None) -> 
   setup = step_builder.create_train_state(config, info, total_steps=1000)
   num_params = setup.num_params
   build_s = time.perf_counter() - t0
-  built = step_builder.make_steps(config, setup)
+  built = step_builder.make_steps(config, setup, devices)
   state = built.place(setup.state)
   batch = built.to_global(synthetic_batch(case))
   step_fn = built.train

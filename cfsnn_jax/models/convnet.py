@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 
 from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
-from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_hwc, check_model_input,
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_hwc, check_model_input, conv,
                                      init_model, layer_bn_neuron, to_time_major)
 from cfsnn_jax.remat import remat_block
 
@@ -30,7 +30,7 @@ class SpikingConvNet(nnx.Module):
                         input_shape=input_shape)
     T = self.num_steps
     chans = [c] + list(channels)
-    self.convs = nnx.List([nnx.Conv(a, b, (3, 3), use_bias=False, rngs=rngs)
+    self.convs = nnx.List([conv(a, b, (3, 3), rngs=rngs)
                            for a, b in zip(chans[:-1], chans[1:])])
     self.norms = nnx.List([TimeBatchNorm(b, T, per_step=per_step_bn, rngs=rngs)
                            for b in chans[1:]])

@@ -29,7 +29,7 @@ from flax import nnx
 from cfsnn_jax.errors import UserError, unknown_choice
 from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
 from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_hwc,
-                                     check_model_input, init_model, to_time_major)
+                                     check_model_input, conv, init_model, to_time_major)
 from cfsnn_jax.remat import remat_block
 
 RESIDUALS = ("standard", "sew_add")
@@ -42,15 +42,14 @@ class BasicBlock(nnx.Module):
                residual: str, per_step_bn: bool, rngs: nnx.Rngs):
     T = neuron.num_steps
     self.residual = residual
-    self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), strides=stride, use_bias=False, rngs=rngs)
+    self.conv1 = conv(in_ch, out_ch, (3, 3), strides=stride, rngs=rngs)
     self.bn1 = TimeBatchNorm(out_ch, T, per_step=per_step_bn, rngs=rngs)
     self.neuron1 = neuron()
-    self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), use_bias=False, rngs=rngs)
+    self.conv2 = conv(out_ch, out_ch, (3, 3), rngs=rngs)
     self.bn2 = TimeBatchNorm(out_ch, T, per_step=per_step_bn, rngs=rngs)
     self.neuron2 = neuron()
     if stride != 1 or in_ch != out_ch:
-      self.down_conv = nnx.Conv(in_ch, out_ch, (1, 1), strides=stride, use_bias=False,
-                                rngs=rngs)
+      self.down_conv = conv(in_ch, out_ch, (1, 1), strides=stride, rngs=rngs)
       self.down_bn = TimeBatchNorm(out_ch, T, per_step=per_step_bn, rngs=rngs)
       self.down_neuron = neuron() if residual == "sew_add" else None
     else:
@@ -96,8 +95,7 @@ class SpikingResNet(nnx.Module):
     T = self.num_steps
     self.stem_pool = stem_pool
     stem_width = stem_width or widths[0]
-    self.stem_conv = nnx.Conv(c, stem_width, (3, 3), strides=stem_stride, use_bias=False,
-                              rngs=rngs)
+    self.stem_conv = conv(c, stem_width, (3, 3), strides=stem_stride, rngs=rngs)
     self.stem_bn = TimeBatchNorm(stem_width, T, per_step=per_step_bn, rngs=rngs)
     self.stem_neuron = neuron()
     blocks = []

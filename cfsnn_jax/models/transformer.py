@@ -41,7 +41,7 @@ from flax import nnx
 from cfsnn_jax.errors import UserError, unknown_choice
 from cfsnn_jax.layers import NeuronFactory, NeuronStats, SpikingNeuron, collect_aux, per_step
 from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_hwc,
-                                     check_model_input, init_model, layer_bn_neuron,
+                                     check_model_input, conv, init_model, layer_bn_neuron,
                                      to_time_major)
 from cfsnn_jax.remat import remat_block
 
@@ -174,12 +174,12 @@ class Spikformer(nnx.Module):
     num_pools = patch_size.bit_length() - 1
     self.pool_after = tuple(i >= len(widths) - num_pools for i in range(len(widths)))
     chans = [c] + widths
-    self.sps_convs = nnx.List([nnx.Conv(a, b, (3, 3), use_bias=False, rngs=rngs)
+    self.sps_convs = nnx.List([conv(a, b, (3, 3), rngs=rngs)
                                for a, b in zip(chans[:-1], chans[1:])])
     self.sps_norms = nnx.List([TimeBatchNorm(b, T, per_step=per_step_bn, rngs=rngs)
                                for b in widths])
     self.sps_neurons = nnx.List([neuron() for _ in widths])
-    self.rpe_conv = nnx.Conv(embed_dim, embed_dim, (3, 3), use_bias=False, rngs=rngs)
+    self.rpe_conv = conv(embed_dim, embed_dim, (3, 3), rngs=rngs)
     self.rpe_bn = TimeBatchNorm(embed_dim, T, per_step=per_step_bn, rngs=rngs)
     self.rpe_neuron = neuron()
     self.blocks, self.head = _blocks_and_head(

@@ -20,7 +20,7 @@ from flax import nnx
 
 from cfsnn_jax.errors import UserError
 from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
-from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_hwc, check_model_input,
+from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_hwc, check_model_input, conv,
                                      init_model, layer_bn_neuron, to_time_major)
 from cfsnn_jax.remat import remat_block
 
@@ -51,7 +51,7 @@ class SpikingVGG(nnx.Module):
     for v in layout:
       if v == POOL:
         continue
-      convs.append(nnx.Conv(ch, v, (3, 3), use_bias=False, rngs=rngs))
+      convs.append(conv(ch, v, (3, 3), rngs=rngs))
       norms.append(TimeBatchNorm(v, T, per_step=per_step_bn, rngs=rngs))
       neurons.append(neuron())
       ch = v

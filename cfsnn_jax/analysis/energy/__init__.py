@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cfsnn_jax import onednn_conv
 from cfsnn_jax.analysis import inputs
 
 E_MAC_PJ = 4.6  # 45 nm multiply-accumulate (METHOD.md §7)
@@ -284,8 +285,11 @@ def _forward(graphdef) -> Callable:
 
 
 def _traced(graphdef, state, x, stats: list | None):
-  """Traces ``model(x)`` and interprets it; returns the raw sites (and fills ``stats``)."""
-  closed = jax.make_jaxpr(_forward(graphdef))(state, x)
+  """Traces ``model(x)`` and interprets it; returns the raw sites (and fills ``stats``).
+  Traced on XLA's convolutions (``onednn_conv.xla_only``): every conv is a
+  ``conv_general_dilated`` here, whatever kernels the training step uses."""
+  with onednn_conv.xla_only():
+    closed = jax.make_jaxpr(_forward(graphdef))(state, x)
   flat_state = jax.tree.leaves(state)
   args = list(flat_state) + [x]
   arg_tags = [_Tag(False, False, frozenset([i])) for i in range(len(flat_state))]
