@@ -17,9 +17,12 @@ round-robin in this process (median wall and process CPU time of ``--reps`` call
   (``conv_as_matmul``: the 9 shifted windows concatenated along channels, autodiff for the
   gradients) in both dtypes, plus the im2col copy alone. ``rel_err`` is the largest error
   of output and gradients against XLA's float32 convolution, relative to its largest value.
+  Where ``cfsnn_jax.onednn_conv`` is enabled, the models' own convolution too (``onednn_conv``:
+  oneDNN gradients, and in bfloat16 a oneDNN forward: the path that makes bf16 faster).
 
 The question it answers: can ``compute_dtype=bfloat16`` beat float32 on this CPU? Only
-where a bf16 kernel runs natively *and* the data movement around it costs less than it saves.
+where a bf16 kernel runs natively *and* the data movement around it costs less than it saves:
+XLA's own kernels do not get there; oneDNN's convolutions do.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ def conv_xla(x, w):
   import jax
   return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_onednn(x, w):
+  """The models' convolution (``cfsnn_jax.onednn_conv``): oneDNN gradients, bf16 forward."""
+  from cfsnn_jax import onednn_conv
+  return onednn_conv.conv_general_dilated(x, w, (1, 1), "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def im2col_3x3(x):
@@ -132,7 +142,11 @@ def conv(n: int, hw: int, c: int, reps: int) -> list[dict[str, Any]]:
   ref = jax.jit(_fwd_bwd(conv_xla))(x, w, g)
   opts = xla_cpu.compiler_options()
   cases, errs = {}, {}
-  for name, fn in (("xla_conv", conv_xla), ("conv_as_matmul", conv_as_matmul)):
+  from cfsnn_jax import onednn_conv
+  variants = [("xla_conv", conv_xla), ("conv_as_matmul", conv_as_matmul)]
+  if onednn_conv.enabled():  # what the models use on this machine
+    variants.append(("onednn_conv", conv_onednn))
+  for name, fn in variants:
     for dt in ("float32", "bfloat16"):
       args = tuple(v.astype(dt) for v in (x, w, g))
       compiled = jax.jit(_fwd_bwd(fn)).lower(*args).compile(compiler_options=opts)
