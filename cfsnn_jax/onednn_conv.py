@@ -12,9 +12,9 @@ Contract:
 - ``enabled() -> bool`` and ``status() -> dict``: whether the kernels are used and why (the
   benchmarks report it). ``with xla_only():`` traces with XLA's convolutions (the energy
   analysis counts synaptic ops on that reference path).
-- Switch: ``CFSNN_ONEDNN_CONV=0`` off, ``=1`` on (if the kernels build). Unset, they are on
-  where the default backend is the CPU with one device and ``CFSNN_CPU_TUNING`` is not ``0``;
-  never on GPU / TPU (not measured there). A multi-device CPU mesh (the tests) would
+- Switch: ``CFSNN_ONEDNN_CONV=0`` off, ``=1`` on (if the kernels build); never where the
+  default backend is not the CPU (GPU / TPU: no kernels there, not measured). Unset, they are
+  on where the CPU backend has one device and ``CFSNN_CPU_TUNING`` is not ``0``. A multi-device CPU mesh (the tests) would
   replicate the custom calls, so auto mode leaves it to XLA.
 - The kernels are compiled at first use (about 4 s, once per machine) with the C++ compiler
   (``$CXX``, else ``c++``) against jaxlib's FFI headers and the ``onednn-devel-cpu-gomp``
@@ -66,6 +66,10 @@ def _switch() -> str:
 
 def _off(value: str) -> bool:
   return value in ("0", "false", "off", "no")
+
+
+def _on(value: str) -> bool:  # anything else, unset included, is auto (as CFSNN_CPU_TUNING)
+  return value in ("1", "true", "on", "yes")
 
 
 def _dnnl_prefix() -> Path | None:
@@ -163,21 +167,21 @@ def xla_only():
 
 def status() -> dict[str, Any]:
   """``{"enabled": bool, "reason": str, "library": path or None}`` for this thread's traces."""
+  def off(reason: str) -> dict[str, Any]:
+    return {"enabled": False, "reason": reason, "library": None}
   if getattr(_local, "xla_only", False):
-    return {"enabled": False, "reason": "inside xla_only()", "library": None}
+    return off("inside xla_only()")
   switch = _switch()
   if _off(switch):
-    return {"enabled": False, "reason": f"{ENV_SWITCH}={switch}", "library": None}
-  if not switch:
+    return off(f"{ENV_SWITCH}={switch}")
+  if jax.default_backend() != "cpu":  # forced or not: the FFI targets exist for the CPU only
+    return off(f"backend {jax.default_backend()} (the kernels are CPU-only)")
+  if not _on(switch):
     from cfsnn_jax import xla_cpu
     if _off(os.environ.get(xla_cpu.ENV_SWITCH, "").strip().lower()):
-      return {"enabled": False, "reason": f"{xla_cpu.ENV_SWITCH}=0", "library": None}
-    if jax.default_backend() != "cpu":
-      return {"enabled": False, "reason": f"backend {jax.default_backend()} (CPU only)",
-              "library": None}
+      return off(f"{xla_cpu.ENV_SWITCH}=0")
     if jax.device_count() != 1:
-      return {"enabled": False, "reason": f"{jax.device_count()} devices (auto: one CPU device)",
-              "library": None}
+      return off(f"{jax.device_count()} devices (auto: one CPU device)")
   loaded = _load()
   return {"enabled": loaded["ok"], "reason": loaded["reason"], "library": loaded["library"]}
 
@@ -198,18 +202,17 @@ def _call(kind: str, out_shape: tuple[int, ...], dtype: Any, a: jax.Array, b: ja
                           vmap_method="sequential")(a, b, **_attrs(strides, pads))
 
 
-def _out_hw(x_shape, w_shape, strides, pads) -> tuple[int, int]:
-  return tuple((x_shape[1 + i] + pads[i][0] + pads[i][1] - w_shape[i]) // strides[i] + 1
-               for i in range(2))
+def _xla_conv(x_BHWC, w_HWIO, strides, pads):
+  return lax.conv_general_dilated(x_BHWC, w_HWIO, strides, pads,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _forward(x_BHWC, w_HWIO, strides, pads):
   if x_BHWC.dtype == jnp.float32:
-    return lax.conv_general_dilated(x_BHWC, w_HWIO, strides, pads,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  oh, ow = _out_hw(x_BHWC.shape, w_HWIO.shape, strides, pads)
-  return _call("fwd", (x_BHWC.shape[0], oh, ow, w_HWIO.shape[3]), x_BHWC.dtype, x_BHWC, w_HWIO,
-               strides, pads)
+    return _xla_conv(x_BHWC, w_HWIO, strides, pads)
+  out = jax.eval_shape(functools.partial(_xla_conv, strides=strides, pads=pads), x_BHWC,
+                       w_HWIO)  # lax's output shape
+  return _call("fwd", out.shape, x_BHWC.dtype, x_BHWC, w_HWIO, strides, pads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

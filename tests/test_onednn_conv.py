@@ -113,6 +113,10 @@ def test_switch_off_and_xla_only_trace_plain_xla(monkeypatch):
   assert onednn_conv.enabled()
   monkeypatch.delenv(onednn_conv.ENV_SWITCH)  # auto: 4 simulated devices here -> XLA's
   assert onednn_conv.status()["reason"].startswith("4 devices")
+  monkeypatch.setenv(onednn_conv.ENV_SWITCH, "1")  # forced, but not on a CPU backend: off
+  monkeypatch.setattr(onednn_conv.jax, "default_backend", lambda: "gpu")
+  assert onednn_conv.status() == {"enabled": False, "library": None,
+                                  "reason": "backend gpu (the kernels are CPU-only)"}
 
 
 def test_a_failed_build_falls_back_with_its_reason(monkeypatch, tmp_path):

@@ -29,6 +29,7 @@ from cfsnn_jax.errors import UserError
 from cfsnn_jax.layers import NeuronFactory, fold, per_step, unfold
 from cfsnn_jax.remat import remat_neuron
 
+
 def conv(in_ch: int, out_ch: int, kernel: tuple[int, int], *, rngs: nnx.Rngs,
          strides: int = 1) -> nnx.Conv:
   """A bias-free ``nnx.Conv`` (NHWC, SAME padding) on ``onednn_conv``'s convolution."""
