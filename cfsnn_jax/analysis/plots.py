@@ -41,7 +41,7 @@ from cfsnn_jax.analysis import spiking_stats
 DPI = 300
 COLUMN_IN = 3.5  # one column of a two-column paper
 FULL_IN = 7.2  # both columns
-DSATGO_GRAD_SHARE = 0.38  # METHOD.md §4: "> 38 % of neurons inside the interval"
+DSATGO_GRAD_SHARE = 0.38  # METHOD.md §4.4: the share the DS-ATGO paper reports inside it
 ANNOTATE_MAX_CELLS = 60  # heatmaps print their values when they have at most this many cells
 STYLE = {  # applied with rc_context around building and saving, never globally
     "font.size": 7, "axes.titlesize": 7.5, "axes.labelsize": 7, "xtick.labelsize": 6.5,

@@ -65,7 +65,7 @@ def effective_alpha_T(H_TN: jax.Array, theta_T: jax.Array, alpha_T: jax.Array,
 
 def gradient_available(h: jax.Array, theta: Any, alpha: Any,
                        spec: neurons.NeuronSpec) -> jax.Array:
-  """Boolean mask of potentials whose surrogate gradient is available (METHOD.md §4 analysis).
+  """Boolean mask of potentials whose surrogate gradient is available (METHOD.md §4.4).
 
   Compact families (rectangular, triangle): inside the support of g_alpha around some level
   k*theta. Smooth families (sigmoid, atan): g_alpha(v) >= 1% of its peak.

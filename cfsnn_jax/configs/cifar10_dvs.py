@@ -7,7 +7,7 @@ the first pass)::
       --config.data_dir=/data/CIFAR10-DVS
 
 Recipe source: TET (Deng et al., ICLR 2022) DVS setting as METHOD.md §5 gives it: VGGSNN on
-2x48x48 frames, T = 10, TET with lambda 1e-3 and phi 1.0. Optimizer not in the spec: AdamW
+2x48x48 frames, T = 10, TET with lambda 1e-3 and phi 1.0. Optimizer (our choice): AdamW
 lr 1e-3, cosine, 200 epochs, batch 32, random flip + shift (data defaults). Split: ours,
 published in cfsnn_jax/data/splits (90/10 per class). ``:tiny`` runs 3 steps on a fixture.
 """

@@ -7,8 +7,8 @@ Command::
 
 Recipe: the DS-ATGO neuron (PLIF 0.2, hard reset, adaptive threshold + EMA, dynamic
 rectangular surrogate, std statistic), VGGSNN on 2x48x48 frames, TET loss (lambda 1e-3) as
-in the DVS recipe of METHOD.md §5; AdamW lr 1e-3, cosine, 200 epochs, batch 32 (the spec names
-no DVS optimizer). Reported: 83.70 +- 0.41 %. ``:tiny`` runs 3 steps on a fixture.
+in the DVS recipe of METHOD.md §5; AdamW lr 1e-3, cosine, 200 epochs, batch 32 (the optimizer
+is our choice). Reported: 83.70 +- 0.41 %. ``:tiny`` runs 3 steps on a fixture.
 """
 
 from cfsnn_jax import data

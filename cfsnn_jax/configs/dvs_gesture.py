@@ -7,7 +7,7 @@ data_dir)::
       --config.data_dir=/data/DvsGesture
 
 Recipe: frames resized 128 -> 48 so the CIFAR10-DVS VGGSNN applies unchanged; TET lambda 1e-3;
-AdamW lr 1e-3, cosine, 200 epochs, batch 16 (our choice: the spec names no gesture recipe).
+AdamW lr 1e-3, cosine, 200 epochs, batch 16 (our choice: no published gesture recipe is followed).
 ``:tiny`` runs 3 steps on a fixture.
 """
 

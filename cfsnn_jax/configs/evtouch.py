@@ -5,7 +5,7 @@ Command (event arrays + ``samples.csv`` index under data_dir, see docs/DATA.md):
   python -m cfsnn_jax.main --config=configs/evtouch.py --workdir=/runs/evtouch \\
       --config.data_dir=/data/evtouch
 
-Recipe (our choice; the spec names the data only): 39 taxels x 2 polarities binned into
+Recipe (our choice; no published recipe is followed): 39 taxels x 2 polarities binned into
 T = 20 frames, MLP 256-256, AdamW lr 1e-3, cosine, 100 epochs, batch 16.
 ``:tiny`` runs 3 steps on a fixture.
 """

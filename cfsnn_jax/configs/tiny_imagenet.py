@@ -7,7 +7,7 @@ Command (the original ``tiny-imagenet-200/`` folder under data_dir; val = test s
 
 Recipe: ResNet-18 with a 3x3 stem, T = 4, SGD lr 0.1 momentum 0.9, weight decay 1e-4, cosine,
 label smoothing 0.1, crop (pad 4) + flip, 200 epochs, batch 128 (our choice following the
-CIFAR recipe; the spec gives none for ImageNet-200). ``:tiny`` runs 3 steps on a fixture.
+CIFAR recipe; no published one is followed for ImageNet-200). ``:tiny`` runs 3 steps on a fixture.
 """
 
 from cfsnn_jax import data
