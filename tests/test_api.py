@@ -245,10 +245,10 @@ def _nir(api: Face, tmp_path):
 def _analysis(api: Face, trained, batches, workdir, tmp_path):
   (measure_energy, energy_markdown, trace_synaptic_ops, collect_spiking_stats,
    gradient_available_share, write_training_report, plot_training_curves,
-   plot_firing_rates) = api("cfsnn_jax.analysis", "measure_energy", "energy_markdown",
-                            "trace_synaptic_ops", "collect_spiking_stats",
+   plot_firing_rates, threshold_lines) = api("cfsnn_jax.analysis", "measure_energy",
+                            "energy_markdown", "trace_synaptic_ops", "collect_spiking_stats",
                             "gradient_available_share", "write_training_report",
-                            "plot_training_curves", "plot_firing_rates")
+                            "plot_training_curves", "plot_firing_rates", "threshold_lines")
   model = trained.eval_model()
   report = measure_energy(model, batches[:1])
   assert report.energy_mj > 0 and "|" in energy_markdown(report)
@@ -256,6 +256,7 @@ def _analysis(api: Face, trained, batches, workdir, tmp_path):
   stats = collect_spiking_stats(model, batches[:1])
   assert stats.rate_LT.ndim == 2 and len(stats.names) == stats.rate_LT.shape[0]
   spec = stats.specs[0]
+  assert threshold_lines(spec, 1.0)[:2] == [1.0, 2.0]  # the CF levels k * theta
   share = float(gradient_available_share(jnp.array([0.9, -20.0]), 1.0, spec.alpha, spec))
   assert 0.0 < share < 1.0
   out = write_training_report(trained.eval_graphdef, trained.state, batches[:1],

@@ -13,7 +13,7 @@ import importlib
 
 _FACE = {  # name -> module of this package that defines it
     "measure_energy": "energy", "energy_markdown": "energy", "trace_synaptic_ops": "energy",
-    "collect_spiking_stats": "spiking_stats", "gradient_available_share": "spiking_stats",
+    "collect_spiking_stats": "spiking_stats", "threshold_lines": "spiking_stats", "gradient_available_share": "spiking_stats",
     "write_training_report": "report", "plot_training_curves": "curves",
     "plot_firing_rates": "plots",
 }
