@@ -6,7 +6,9 @@ backend, the same layer orbax uses), rejecting an empty string with one line.
 ``write_text_atomic`` writes a whole file so that a reader sees the old or the new content,
 never half (local: temporary file + ``os.replace``; object stores: a single object upload is
 already atomic). ``fs_error(path, exc)`` turns an ``OSError`` (not a directory, read-only,
-disk full, ...) into a one-line ``UserError`` naming the path. ``staged_dir(workdir, inputs)``
+disk full, ...) into a one-line ``UserError`` naming the path (a full disk or quota reads
+``no space left on device: <path> (...)`` with the remedy). A failed ``write_text_atomic``
+removes its temporary file. ``staged_dir(workdir, inputs)``
 gives code that only knows local files (matplotlib, the analysis report) a local directory:
 the workdir itself when it is local, otherwise a temporary copy of ``inputs`` whose files are
 uploaded into the workdir on exit.
@@ -25,13 +27,13 @@ from etils import epath
 
 from cfsnn_jax.errors import UserError
 
+# Full disks lead the line (the message the user greps for), with the remedy after the path.
+_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 _REASONS = {errno.ENOTDIR: "is not a directory (a file is in the way)",
             errno.EEXIST: "already exists and is not a directory",
             errno.EACCES: "is not writable (permission denied)",
             errno.EPERM: "is not writable (operation not permitted)",
             errno.EROFS: "is on a read-only filesystem",
-            errno.ENOSPC: "cannot be written: no space left on the device",
-            errno.EDQUOT: "cannot be written: disk quota exceeded",
             errno.ENOENT: "does not exist"}
 
 
@@ -56,6 +58,9 @@ def fs_error(path: epath.Path | str, exc: BaseException) -> UserError:
     code = errno.ENOTDIR
   elif isinstance(exc, PermissionError) and code is None:
     code = errno.EACCES
+  if code in _FULL:
+    return UserError(f"{_FULL[code]}: {path} (free space there, then rerun the same command: "
+                     "it continues from the last checkpoint)")
   reason = _REASONS.get(code)
   if reason is None:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -64,9 +69,9 @@ def fs_error(path: epath.Path | str, exc: BaseException) -> UserError:
 
 
 def write_text_atomic(path: epath.Path, text: str) -> None:
+  tmp = f"{os.fspath(path)}.tmp-{os.getpid()}" if is_local(path) else None
   try:
-    if is_local(path):
-      tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    if tmp is not None:
       with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -75,6 +80,9 @@ def write_text_atomic(path: epath.Path, text: str) -> None:
     else:
       path.write_text(text)
   except OSError as e:
+    if tmp is not None:  # a full disk must not leave the half-written temporary behind
+      with contextlib.suppress(OSError):
+        os.unlink(tmp)
     raise fs_error(path, e) from None
 
 

@@ -10,8 +10,9 @@ every ``checkpoint_every_steps`` (and ``checkpoint_every_seconds``, on SIGTERM /
 at the end), each with the run's history (best accuracy, time, images), so a resumed run's
 records and summary equal an uninterrupted run's. What the workdir holds decides fresh /
 resume / finished / refused (``workdir.inspect``, before anything is written); ``run_guard``
-stops the run on a signal or a non-finite value (never saved). Only process 0 writes files,
-all through ``run_paths`` (etils.epath). The summary also carries what the end-of-run report
+stops the run on a signal or a non-finite value (never saved). When the loop fails, closing
+the records and the checkpoint manager cannot mask its error (a full disk: one line). Only
+process 0 writes files, all through ``run_paths`` (etils.epath). The summary also carries what the end-of-run report
 needs (``state``, ``eval_graphdef``, ``eval_batches``); the report itself is ``run.run``'s
 ``end_of_run`` callback (this module never imports ``analysis``).
 """
@@ -218,10 +219,13 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
         raise run_guard.Interrupted(signals.received or signal.SIGTERM, done, root)
     if pending is not None:
       check(pending)
-  finally:
-    bar.close()
-    checkpointing.finish(manager)
-    writer.flush()
+  except BaseException as failure:
+    _close_after(failure, bar, manager, writer)
+    raise
+  bar.close()
+  checkpointing.finish(manager)
+  writer.flush()
+  signals.training_done()  # a signal from here on: the report is finished, then exit 0
 
   train_time = history["train_time_s"]
   ev = history["last_eval"] or evaluate(state, p_eval, eval_batches, to_global)
@@ -243,6 +247,21 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
     print(workdir_lib.summary_line(summary, root), flush=True)
   summary.update(state=state, eval_graphdef=eval_graphdef, eval_batches=eval_batches)
   return summary
+
+
+def _close_after(failure: BaseException, bar, manager, writer) -> None:
+  """Closes the bar, the checkpoint manager and the records while ``failure`` propagates. A
+  cleanup error must not mask it (on a full disk the TensorBoard flush fails too), except
+  after ``Interrupted``, which promises a saved checkpoint: then the first cleanup error is
+  raised instead."""
+  first = None
+  for close in (bar.close, lambda: checkpointing.finish(manager), writer.flush):
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001
+      first = first or e
+  if first is not None and isinstance(failure, run_guard.Interrupted):
+    raise first from None
 
 
 def _log_train(writer: MetricWriter, bar, step: int, metrics: dict, every: int,

@@ -14,20 +14,27 @@ Contract:
   run-only fields are left out). Written to ``run.json`` at the start and into each
   checkpoint's metadata. ``summary_line(summary, workdir)`` is the ``final: ...`` line.
 - ``WorkdirLock(workdir)``: an exclusive lock file ``run.lock`` holding the owner's host,
-  pid, process start time and a random token. ``acquire()`` creates it atomically
-  (``O_EXCL`` on local disks); a lock left by a dead process of this host is taken over, a
-  live or foreign owner refuses with one line. ``release()`` removes it if it is still ours.
+  pid, process start time and a random token. ``acquire()`` creates it atomically and whole
+  (written and fsynced under a temporary name, then hard-linked; a failed write, a full disk,
+  leaves no lock behind); a lock left by a dead process of this host is taken over, a live
+  or foreign owner refuses with one line. A lock naming no owner (empty, not JSON, not an
+  object) is taken over once ``STALE_LOCK_SECONDS`` old, else refused with one line (owner
+  unknown, its age, how to clear it); a directory in its place is refused. ``release()``
+  removes it if it is still ours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import platform
 import socket
 import sys
+import time
 import uuid
 from importlib import metadata
 from typing import Any
@@ -189,6 +196,14 @@ def _alive(pid: int, start_time: str | None) -> bool:
   return start_time is None or now is None or now == start_time
 
 
+STALE_LOCK_SECONDS = 30.0  # an unreadable lock file this old has no live writer
+
+
+def _age(seconds: float) -> str:
+  return f"{seconds:.0f} s" if seconds < 120 else (
+      f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
+
+
 class WorkdirLock:
   """See the module docstring. Use as ``with WorkdirLock(path):`` or acquire/release."""
 
@@ -199,51 +214,140 @@ class WorkdirLock:
     self.held = False
 
   def _create(self) -> bool:
+    """Creates the lock file whole or not at all: written and fsynced under a temporary
+    name, then hard-linked to ``run.lock`` (fails if it exists); a failed write (a full
+    disk) removes the temporary. Filesystems without hard links: ``O_EXCL`` + write, and the
+    half-written lock is removed on failure."""
     text = json.dumps(self.owner)
-    if run_paths.is_local(self.path):
+    if not run_paths.is_local(self.path):
+      if self.path.exists():  # object stores: no O_EXCL through epath; write, then read back
+        return False
+      self.path.write_text(text)
+      return (self._read_owner()[0] or {}).get("token") == self.owner["token"]
+    path = os.fspath(self.path)
+    tmp = f"{path}.tmp-{os.getpid()}-{self.owner['token'][:8]}"
+    try:
+      _write_synced(tmp, text, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
       try:
-        fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(tmp, path)
       except FileExistsError:
         return False
-      with os.fdopen(fd, "w") as f:
-        f.write(text)
+      except OSError as e:  # no hard links here (some FUSE / SMB / vfat mounts)
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                           errno.EMLINK):
+          raise
+        try:
+          fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+          return False
+        try:
+          _write_fd(fd, text)
+        except OSError:
+          os.unlink(path)
+          raise
       return True
-    if self.path.exists():  # object stores: no O_EXCL through epath; write, then read back
-      return False
-    self.path.write_text(text)
-    return json.loads(self.path.read_text()).get("token") == self.owner["token"]
+    finally:
+      with contextlib.suppress(OSError):
+        os.unlink(tmp)
 
-  def _read_owner(self) -> dict:
+  def _read_owner(self) -> tuple[dict | None, str]:
+    """``(owner record, "")``, or ``(None, what is wrong)``: ``"gone"`` if there is no lock,
+    else why it names no owner."""
     try:
-      return json.loads(self.path.read_text())
-    except (OSError, json.JSONDecodeError):
-      return {}
+      if self.path.is_dir():
+        return None, "is a directory"
+      text = self.path.read_text()
+    except FileNotFoundError:
+      return None, "gone"
+    except (OSError, UnicodeDecodeError) as e:
+      return None, f"cannot be read ({type(e).__name__})"
+    if not text.strip():
+      return None, "is empty"
+    try:
+      owner = json.loads(text)
+    except json.JSONDecodeError:
+      return None, "is not JSON"
+    if not isinstance(owner, dict):
+      return None, f"holds {text.strip()[:20]!r}, not a lock record"
+    if not isinstance(owner.get("host"), str) or not isinstance(owner.get("pid"), int) or \
+       isinstance(owner.get("pid"), bool) or owner["pid"] <= 0:
+      return None, "is not a lock record (no host / pid)"
+    return owner, ""
+
+  def _age_s(self) -> float | None:
+    try:
+      return max(0.0, time.time() - os.stat(os.fspath(self.path)).st_mtime) \
+          if run_paths.is_local(self.path) else None
+    except OSError:
+      return None
+
+  def _take_over(self, check) -> bool:
+    """Moves the lock aside and removes it if ``check(moved path)`` still holds for what was
+    moved (another run may have replaced it meanwhile: then it is put back)."""
+    stale = self.path.parent / f"{LOCK_FILE}.stale-{self.owner['token'][:8]}"
+    try:
+      self.path.rename(stale)
+    except (FileNotFoundError, FileExistsError):
+      return False
+    if not check(stale):
+      with contextlib.suppress(OSError):
+        if run_paths.is_local(self.path):
+          os.link(os.fspath(stale), os.fspath(self.path))  # never over a newer lock
+        elif not self.path.exists():
+          stale.rename(self.path)
+      with contextlib.suppress(OSError):
+        stale.unlink()
+      return False
+    stale.unlink(missing_ok=True)
+    return True
+
+  def _unreadable(self, problem: str, last: bool) -> None:
+    """A lock naming no owner: taken over once it is older than ``STALE_LOCK_SECONDS`` (a
+    lock is written whole, so only a crashed or foreign writer leaves such a file), else one
+    line saying what it is and how to clear it. A directory is never removed."""
+    age = self._age_s()
+    old = f"{_age(age)} old" if age is not None else "age unknown"
+    where = f"{self.path} {problem} (owner unknown, {old})"
+    if problem != "is a directory" and age is not None and age >= STALE_LOCK_SECONDS:
+      inode = os.stat(os.fspath(self.path)).st_ino
+      if self._take_over(lambda moved: os.stat(os.fspath(moved)).st_ino == inode):
+        print(f"cfsnn_jax: took over the lock {where}: no run can own it",
+              file=sys.stderr, flush=True)
+      return
+    if not last and problem != "is a directory":
+      time.sleep(0.2)  # perhaps an older version's run writing its lock: look again
+      return
+    remove = "rmdir" if problem == "is a directory" else "rm"
+    wait = "" if problem == "is a directory" else \
+        f"if no run is starting there it is taken over once {STALE_LOCK_SECONDS:.0f} s old, or "
+    raise UserError(f"--workdir {self.path.parent} is locked: {where}; {wait}remove it "
+                    f"({remove} {self.path}) if no run uses this workdir")
 
   def acquire(self) -> "WorkdirLock":
     try:
-      for _ in range(3):
+      attempts = 5
+      for attempt in range(attempts):
         if self._create():
           self.held = True
           return self
-        owner = self._read_owner()
-        if not owner:
-          continue  # being written or just released: try again
-        if owner.get("host") == self.owner["host"] and not _alive(
-            int(owner.get("pid", -1)), owner.get("start_time")):
-          stale = self.path.parent / f"{LOCK_FILE}.stale-{owner.get('pid')}"
-          try:
-            self.path.rename(stale)
-          except (FileNotFoundError, FileExistsError):
-            continue
-          if json.loads(stale.read_text()).get("token") != owner.get("token"):
-            stale.rename(self.path)  # not the stale lock we read: put it back
-            continue
-          stale.unlink(missing_ok=True)
-          print(f"cfsnn_jax: took over the stale lock of dead process {owner.get('pid')} "
-                f"in {self.path.parent}", file=sys.stderr, flush=True)
+        owner, problem = self._read_owner()
+        if owner is None:
+          if problem != "gone":  # else just released: try again
+            self._unreadable(problem, last=attempt == attempts - 1)
           continue
-        raise UserError(f"--workdir {self.path.parent} is in use by pid {owner.get('pid')} on "
-                        f"host {owner.get('host')} (lock file {self.path}); wait for that run, "
+        if owner["host"] == self.owner["host"] and not _alive(owner["pid"],
+                                                              owner.get("start_time")):
+          def same(moved, token=owner.get("token")):
+            try:
+              return json.loads(moved.read_text()).get("token") == token
+            except (OSError, ValueError, AttributeError):
+              return False
+          if self._take_over(same):
+            print(f"cfsnn_jax: took over the stale lock of dead process {owner['pid']} "
+                  f"in {self.path.parent}", file=sys.stderr, flush=True)
+          continue
+        raise UserError(f"--workdir {self.path.parent} is in use by pid {owner['pid']} on "
+                        f"host {owner['host']} (lock file {self.path}); wait for that run, "
                         "or delete the lock file if it is dead")
     except OSError as e:
       raise run_paths.fs_error(self.path.parent, e) from None
@@ -252,7 +356,7 @@ class WorkdirLock:
   def release(self) -> None:
     if self.held:
       self.held = False
-      if self._read_owner().get("token") == self.owner["token"]:
+      if (self._read_owner()[0] or {}).get("token") == self.owner["token"]:
         self.path.unlink(missing_ok=True)
 
   def __enter__(self) -> "WorkdirLock":
@@ -260,6 +364,26 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def _write_fd(fd: int, text: str) -> None:
+  try:
+    data = text.encode()
+    while data:
+      data = data[os.write(fd, data):]
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _write_synced(path: str, text: str, flags: int) -> None:
+  fd = os.open(path, flags, 0o644)
+  try:
+    _write_fd(fd, text)
+  except OSError:
+    with contextlib.suppress(OSError):
+      os.unlink(path)
+    raise
 
 
 def summary_line(summary: dict, workdir: Any) -> str:
