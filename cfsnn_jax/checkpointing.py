@@ -17,13 +17,15 @@ stderr, moved aside to ``<workdir>/checkpoints_damaged/`` and the next older ste
 if none restores, one line says so (``UserError``). A checkpoint whose tree or shapes do not
 match the model is not damage: it fails with one line naming the mismatch. With no
 checkpoint it returns the template, step 0 and ``{}``. ``restore_latest`` is the
-``(state, step)`` shorthand. ``init_from(other_workdir, state)`` takes parameters and model
+``(state, step)`` shorthand. ``stored_runs(directory)`` lists the run description saved with
+each finished step (the workdir compares it with the command's before resuming). ``init_from(other_workdir, state)`` takes parameters and model
 state (not the optimizer state or step) from another run's newest intact checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from typing import Any, NamedTuple
@@ -38,6 +40,7 @@ from cfsnn_jax import run_paths
 from cfsnn_jax.errors import UserError
 
 CHECKSUM_KEY = "state_sha256"
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"  # orbax's per-step metadata (custom_metadata)
 DAMAGED_DIR = "checkpoints_damaged"
 
 
@@ -249,6 +252,28 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("cfsnn_jax_move_damaged")
   manager.reload()
+
+
+def stored_runs(directory: Any) -> list[tuple[int, dict]]:
+  """``(step, run description)`` of every finished step in ``directory`` that stores one,
+  newest first (reads orbax's step metadata file only; a step whose file does not read is
+  left out: restoring it reports the damage)."""
+  directory = run_paths.workdir_path(directory)
+  try:
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()),
+                   reverse=True) if directory.is_dir() else []
+  except OSError as e:
+    raise run_paths.fs_error(directory, e) from None
+  out = []
+  for step in steps:
+    try:
+      custom = json.loads((directory / str(step) / STEP_METADATA_FILE).read_text()).get(
+          "custom_metadata") or {}
+    except (OSError, ValueError, AttributeError):
+      continue
+    if isinstance(custom.get("run"), dict):
+      out.append((step, custom["run"]))
+  return out
 
 
 def restore_latest(manager: ocp.CheckpointManager, template: Any,

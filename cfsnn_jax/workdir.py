@@ -2,12 +2,15 @@
 
 Contract:
 - ``inspect(workdir, description) -> Status`` reads (never writes) the workdir and says what
-  a run of ``description`` should do there: ``"fresh"`` (no ``config.json``: start),
-  ``"resume"`` (same run, not finished: continue from the latest checkpoint) or
+  a run of ``description`` should do there: ``"fresh"`` (no ``config.json``, ``run.json``
+  or checkpoint: start), ``"resume"`` (same run, not finished: continue from the latest checkpoint) or
   ``"finished"`` (``summary.json`` exists: print it and write nothing). A workdir that holds
   another run (its saved run differs in any field outside ``RUN_ONLY_FIELDS``) raises a
-  one-line ``UserError`` naming the first differing field; so do a workdir that is a file,
-  an unreadable one and an empty ``--workdir``.
+  one-line ``UserError`` naming the first differing field; so does a checkpoint whose stored
+  run differs from ``description`` (whatever ``config.json`` / ``run.json`` say, or if they
+  were deleted: they are rewritten on resume), a ``config.json`` that disagrees with
+  ``run.json`` (a hand edit), a workdir that is a file, an unreadable one and an empty
+  ``--workdir``.
 - ``run_description(config)`` -> the resolved run: the config, every field of the resolved
   neuron spec (after the preset), the resolved data options, and the library versions.
   ``comparable(description)`` is the part two runs of one workdir must share (versions and
@@ -41,7 +44,7 @@ from typing import Any
 
 from etils import epath
 
-from cfsnn_jax import run_paths
+from cfsnn_jax import checkpointing, run_paths
 from cfsnn_jax.errors import UserError
 
 # Fields that change how a run reports or saves, never what it computes: they may differ
@@ -103,11 +106,12 @@ def _flatten(tree: Any, prefix: str, out: dict) -> None:
     out[prefix] = tree
 
 
-def first_difference(saved: dict, wanted: dict) -> str | None:
+def first_difference(saved: dict, wanted: dict, there: str = "there",
+                     here: str = "here") -> str | None:
   for key in sorted(set(saved) | set(wanted)):
     if saved.get(key, "<absent>") != wanted.get(key, "<absent>"):
-      return (f"{key} is {json.dumps(saved.get(key, '<absent>'))} there, "
-              f"{json.dumps(wanted.get(key, '<absent>'))} here")
+      return (f"{key} is {json.dumps(saved.get(key, '<absent>'))} {there}, "
+              f"{json.dumps(wanted.get(key, '<absent>'))} {here}")
   return None
 
 
@@ -127,13 +131,39 @@ def inspect(workdir: epath.Path, description: dict) -> Status:
     if exists and not workdir.is_dir():
       raise UserError(f"--workdir {workdir} is a file, not a directory; pick another --workdir")
     has_config = exists and (workdir / CONFIG_FILE).exists()
+    has_run = exists and (workdir / RUN_FILE).exists()
   except OSError as e:
     raise run_paths.fs_error(workdir, e) from None
-  if not has_config:
-    return Status("fresh", workdir)
-  saved = {"config": _read_json(workdir / CONFIG_FILE)}
-  if (workdir / RUN_FILE).exists():
-    saved = _read_json(workdir / RUN_FILE)
+  # the run stored with each checkpoint: a deleted or replaced config.json / run.json cannot
+  # pass another run's state off as this one's
+  stored = checkpointing.stored_runs(workdir / "checkpoints") if exists else []
+  for step, run in stored:
+    diff = first_difference(comparable(run), comparable(description),
+                            there=f"in its checkpoint step {step}", here="here")
+    if diff:
+      raise UserError(f"--workdir {workdir} holds another run: {diff}; pass a new --workdir "
+                      "(or leave it out) to start fresh, or rerun with that run's settings "
+                      "to resume it")
+  if not (has_config or has_run):  # both deleted: the checkpoints say whose workdir it is
+    if not stored:
+      return Status("fresh", workdir)
+    if (workdir / SUMMARY_FILE).exists():
+      return Status("finished", workdir, _read_json(workdir / SUMMARY_FILE))
+    return Status("resume", workdir)
+  saved = _read_json(workdir / RUN_FILE) if has_run else None
+  if has_config:
+    config = _read_json(workdir / CONFIG_FILE)
+    if saved is not None:
+      diff = first_difference(comparable({"config": config}),
+                              comparable({"config": saved.get("config")}),
+                              there=f"in {CONFIG_FILE}", here=f"in {RUN_FILE}")
+      if diff:
+        raise UserError(f"{workdir / CONFIG_FILE} disagrees with {RUN_FILE} (edited by hand?): "
+                        f"{diff}; config.json is the copy of run.json's config written at the "
+                        "start: undo the edit, or delete config.json (it is rewritten from "
+                        "run.json)")
+    else:
+      saved = {"config": config}
   wanted = description if "neuron_spec" in saved else {"config": description["config"]}
   diff = first_difference(comparable(saved), comparable(wanted))
   if diff and not (workdir / SUMMARY_FILE).exists() and not _has_checkpoint(workdir):
@@ -168,11 +198,12 @@ def write_description(workdir: epath.Path, description: dict, status: Status) ->
            "versions": description["versions"]}
   if status.kind == "fresh" or not (workdir / RUN_FILE).exists():
     run = dict(description, starts=[start])
-    run_paths.write_text_atomic(workdir / CONFIG_FILE,
-                                json.dumps(description["config"], indent=2) + "\n")
   else:
     run = _read_json(workdir / RUN_FILE)
     run.setdefault("starts", []).append(start)
+  if status.kind == "fresh" or not (workdir / CONFIG_FILE).exists():  # deleted: rewritten
+    run_paths.write_text_atomic(workdir / CONFIG_FILE,
+                                json.dumps(run["config"], indent=2) + "\n")
   run_paths.write_text_atomic(workdir / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
 
