@@ -14,7 +14,9 @@ template, data_iter)`` -> ``Restored(state, step, metadata)`` tries the steps ne
 a step that fails to restore (any orbax / tensorstore error, an empty directory, missing
 metadata, a checksum that does not match the restored values) is reported in one line on
 stderr, moved aside to ``<workdir>/checkpoints_damaged/`` and the next older step is tried;
-if none restores, one line says so (``UserError``). A checkpoint whose tree or shapes do not
+if none restores, one line says so (``UserError``). A full or read-only disk under a save is
+one line too (``save`` / ``finish``); orbax's own log records of it (tracebacks from its
+background threads) are dropped. A checkpoint whose tree or shapes do not
 match the model is not damage: it fails with one line naming the mismatch. With no
 checkpoint it returns the template, step 0 and ``{}``. ``restore_latest`` is the
 ``(state, step)`` shorthand. ``stored_runs(directory)`` lists the run description saved with
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sys
 import time
 from typing import Any, NamedTuple
@@ -59,6 +62,7 @@ def open_manager(directory: Any, *, read_only: bool, keep: int = 2
   """The one place a manager is opened: read-write, or read-only (never writes or cleans, for
   a workdir a run may still be writing)."""
   directory = run_paths.workdir_path(directory)
+  _quiet_orbax_storage_logs()
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   else:
@@ -123,21 +127,48 @@ def finish(manager: ocp.CheckpointManager) -> None:
     raise error from None
 
 
-def _storage_error(manager: ocp.CheckpointManager, e: BaseException) -> BaseException:
-  """A one-line ``UserError`` for a full / read-only disk under orbax's wrappers, else ``e``."""
+_STORAGE = (("No space left", "ENOSPC"), ("Read-only file system", "EROFS"),
+            ("Disk quota exceeded", "EDQUOT"))
+
+
+def _storage_cause(e: BaseException | None) -> OSError | None:
+  """The full / read-only disk under orbax's and tensorstore's wrappers of ``e``, if any."""
   cause = e
   while cause is not None:
     if isinstance(cause, OSError) and cause.errno is not None:
-      return run_paths.fs_error(manager.directory, cause)
+      return cause
     text = str(cause)
-    for needle, errno_name in (("No space left", "ENOSPC"), ("Read-only file system", "EROFS"),
-                               ("Disk quota exceeded", "EDQUOT")):
+    for needle, errno_name in _STORAGE:
       if needle in text:
         import errno
-        return run_paths.fs_error(manager.directory,
-                                  OSError(getattr(errno, errno_name), needle))
+        return OSError(getattr(errno, errno_name), needle)
     cause = cause.__cause__ or cause.__context__
-  return e
+  return None
+
+
+def _storage_error(manager: ocp.CheckpointManager, e: BaseException) -> BaseException:
+  """A one-line ``UserError`` for a full / read-only disk under orbax's wrappers, else ``e``."""
+  cause = _storage_cause(e)
+  return e if cause is None else run_paths.fs_error(manager.directory, cause)
+
+
+class _QuietStorageErrors(logging.Filter):
+  """Drops orbax's log records (each a traceback from a background save thread) of a full or
+  read-only disk: the failed save reaches the caller, which reports it in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "orbax" not in (record.pathname or ""):
+      return True
+    text = record.getMessage()
+    if any(needle in text for needle, _ in _STORAGE):
+      return False
+    return _storage_cause(record.exc_info[1] if record.exc_info else None) is None
+
+
+def _quiet_orbax_storage_logs() -> None:
+  logger = logging.getLogger("absl")  # orbax logs through absl.logging
+  if not any(isinstance(f, _QuietStorageErrors) for f in logger.filters):
+    logger.addFilter(_QuietStorageErrors())
 
 
 def _abstract(state: Any) -> Any:
