@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from cfsnn_jax import metric_writers, run_paths, workdir
+from cfsnn_jax.training import metric_writers, workdir
 from cfsnn_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +103,7 @@ def reference(tmp_path_factory):
 _CONV = textwrap.dedent("""
   import jax, jax.numpy as jnp, numpy as np
   from jax import lax
-  from cfsnn_jax import onednn_conv
+  from cfsnn_jax.backends import onednn_conv
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 3), np.float32))
   w = jnp.asarray(rng.standard_normal((3, 3, 3, 4), np.float32))
@@ -125,7 +125,7 @@ def _conv_in_child(cache, cxx):
 
 
 def test_damaged_kernel_cache_entry_is_rebuilt_or_falls_back(tmp_path):
-  from cfsnn_jax import onednn_conv
+  from cfsnn_jax.backends import onednn_conv
   if not onednn_conv._build_possible():
     pytest.skip("no oneDNN headers / C++ compiler on this machine")
   cxx = tmp_path / "cxx"  # one compiler path (part of the cache key) that can be broken later
@@ -223,7 +223,7 @@ def _age(path, seconds):
 def test_ownerless_lock_is_diagnosed_then_taken_over_when_stale(tmp_path, capsys, content,
                                                                 problem, monkeypatch):
   monkeypatch.setattr(time, "sleep", lambda s: None)  # the short re-reads of a young lock
-  root = run_paths.workdir_path(tmp_path)
+  root = workdir.workdir_path(tmp_path)
   lock = tmp_path / "run.lock"
   lock.write_bytes(content)
   with pytest.raises(UserError) as e:
@@ -244,13 +244,13 @@ def test_lock_that_is_a_directory_is_one_line_and_never_removed(tmp_path):
   _age(tmp_path / "run.lock", 3600)
   with pytest.raises(UserError, match=r"run.lock is a directory \(owner unknown, 60 min "
                                       r"old\); remove it \(rmdir "):
-    workdir.WorkdirLock(run_paths.workdir_path(tmp_path)).acquire()
+    workdir.WorkdirLock(workdir.workdir_path(tmp_path)).acquire()
   assert (tmp_path / "run.lock").is_dir()
 
 
 @pytest.mark.parametrize("fail", ["write", "fsync"])
 def test_lock_write_on_a_full_disk_leaves_no_lock(tmp_path, monkeypatch, fail):
-  root = run_paths.workdir_path(tmp_path)
+  root = workdir.workdir_path(tmp_path)
   real = getattr(os, fail)
 
   def full(*args):
@@ -275,7 +275,7 @@ def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path
     raise OSError(errno.ENOSPC, "No space left on device")
   monkeypatch.setattr(os, "fsync", full)
   with pytest.raises(UserError, match=f"^no space left on device: {path} .*rerun the same"):
-    run_paths.write_text_atomic(run_paths.workdir_path(path), "new\n")
+    workdir.write_text_atomic(workdir.workdir_path(path), "new\n")
   assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["run.json"]
 
 

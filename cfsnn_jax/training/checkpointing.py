@@ -39,7 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cfsnn_jax import run_paths
+from cfsnn_jax.training import workdir as workdir_lib
 from cfsnn_jax.errors import UserError
 
 CHECKSUM_KEY = "state_sha256"
@@ -61,7 +61,7 @@ def open_manager(directory: Any, *, read_only: bool, keep: int = 2
                  ) -> ocp.CheckpointManager:
   """The one place a manager is opened: read-write, or read-only (never writes or cleans, for
   a workdir a run may still be writing)."""
-  directory = run_paths.workdir_path(directory)
+  directory = workdir_lib.workdir_path(directory)
   _quiet_orbax_storage_logs()
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
@@ -71,11 +71,11 @@ def open_manager(directory: Any, *, read_only: bool, keep: int = 2
   try:
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
   except OSError as e:
-    raise run_paths.fs_error(directory, e) from None
+    raise workdir_lib.fs_error(directory, e) from None
 
 
 def make_manager(workdir: Any, keep: int = 2) -> ocp.CheckpointManager:
-  return open_manager(run_paths.workdir_path(workdir) / "checkpoints", read_only=False, keep=keep)
+  return open_manager(workdir_lib.workdir_path(workdir) / "checkpoints", read_only=False, keep=keep)
 
 
 def _path_str(path) -> str:
@@ -149,7 +149,7 @@ def _storage_cause(e: BaseException | None) -> OSError | None:
 def _storage_error(manager: ocp.CheckpointManager, e: BaseException) -> BaseException:
   """A one-line ``UserError`` for a full / read-only disk under orbax's wrappers, else ``e``."""
   cause = _storage_cause(e)
-  return e if cause is None else run_paths.fs_error(manager.directory, cause)
+  return e if cause is None else workdir_lib.fs_error(manager.directory, cause)
 
 
 class _QuietStorageErrors(logging.Filter):
@@ -289,12 +289,12 @@ def stored_runs(directory: Any) -> list[tuple[int, dict]]:
   """``(step, run description)`` of every finished step in ``directory`` that stores one,
   newest first (reads orbax's step metadata file only; a step whose file does not read is
   left out: restoring it reports the damage)."""
-  directory = run_paths.workdir_path(directory)
+  directory = workdir_lib.workdir_path(directory)
   try:
     steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()),
                    reverse=True) if directory.is_dir() else []
   except OSError as e:
-    raise run_paths.fs_error(directory, e) from None
+    raise workdir_lib.fs_error(directory, e) from None
   out = []
   for step in steps:
     try:
@@ -318,7 +318,7 @@ def init_from(other_workdir: str, state: Any) -> Any:
   """``state`` with ``params`` and ``rest`` replaced by those of ``other_workdir``'s newest
   intact checkpoint (same model required); optimizer state, step and RNG stay fresh, so the
   other run may have used another optimizer, clipping or schedule."""
-  directory = run_paths.workdir_path(other_workdir) / "checkpoints"
+  directory = workdir_lib.workdir_path(other_workdir) / "checkpoints"
   if not directory.is_dir():
     raise UserError(f"init_from: no checkpoints directory {directory}")
   manager = open_manager(directory, read_only=True)
