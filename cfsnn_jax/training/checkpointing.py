@@ -16,12 +16,13 @@ metadata, a checksum that does not match the restored values) is reported in one
 stderr, moved aside to ``<workdir>/checkpoints_damaged/`` and the next older step is tried;
 if none restores, one line says so (``UserError``). A full or read-only disk under a save is
 one line too (``save`` / ``finish``); orbax's own log records of it (tracebacks from its
-background threads) are dropped. A checkpoint whose tree or shapes do not
-match the model is not damage: it fails with one line naming the mismatch. With no
-checkpoint it returns the template, step 0 and ``{}``. ``restore_latest`` is the
-``(state, step)`` shorthand. ``stored_runs(directory)`` lists the run description saved with
-each finished step (the workdir compares it with the command's before resuming). ``init_from(other_workdir, state)`` takes parameters and model
-state (not the optimizer state or step) from another run's newest intact checkpoint.
+background threads) are dropped. A checkpoint whose tree or shapes do not match the model
+is not damage: it fails with one line naming the mismatch. With no checkpoint it returns
+the template, step 0 and ``{}``. ``restore_latest`` is the ``(state, step)`` shorthand.
+``stored_runs(directory)`` lists the run description saved with each finished step (the
+workdir compares it with the command's before resuming). ``init_from(other_workdir, state)``
+takes parameters and model state (not the optimizer state or step) from another run's
+newest intact checkpoint.
 """
 
 from __future__ import annotations

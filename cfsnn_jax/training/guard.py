@@ -1,15 +1,15 @@
 """What stops a run early, and how: preemption signals and the divergence guard.
 
-Contract: ``StopSignals`` (a context manager, main thread only) turns the first SIGTERM /
-SIGINT into a flag the training loop polls after each step (it then saves a checkpoint and
-raises ``Interrupted``, whose ``exit_status`` is 128 + the signal number); a second signal
-exits the process at once. After ``training_done()`` (the end-of-run report) a first signal
-only says that the report is finished and the run exits 0. ``tree_finite(tree)`` is a
-boolean scalar: every floating leaf of ``tree`` is finite (``steps.train_step`` returns it for the loss, the gradient norm and the
-updated parameters as ``metrics["finite"]``; ``all_finite`` is the same, jitted).
-``first_nonfinite(metrics, state)`` names the first non-finite of the step's loss, its
-gradient norm and the state's leaves (path order), for the one line of ``Diverged`` (a
-``UserError``). ``agree(flag)`` is process 0's decision on every process.
+Contract: ``StopSignals`` (a context manager, main thread only) turns the first SIGTERM / SIGINT
+into a flag the training loop polls after each step (it then saves a checkpoint and raises
+``Interrupted``, whose ``exit_status`` is 128 + the signal number); a second signal exits the
+process at once. After ``training_done()`` (the end-of-run report) a first signal only says that
+the report is finished and the run exits 0. ``tree_finite(tree)`` is a boolean scalar: every
+floating leaf of ``tree`` is finite (``steps.train_step`` returns it for the loss, the gradient
+norm and the updated parameters as ``metrics["finite"]``; ``all_finite`` is the same, jitted).
+``first_nonfinite(metrics, state)`` names the first non-finite of the step's loss, its gradient
+norm and the state's leaves (path order), for the one line of ``Diverged`` (a ``UserError``).
+``agree(flag)`` is process 0's decision on every process.
 """
 
 from __future__ import annotations

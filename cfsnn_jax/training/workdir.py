@@ -1,16 +1,15 @@
 """Workdir semantics: fresh / interrupted / finished / mismatched, the run description, the lock.
 
 Contract:
-- ``inspect(workdir, description) -> Status`` reads (never writes) the workdir and says what
-  a run of ``description`` should do there: ``"fresh"`` (no ``config.json``, ``run.json``
-  or checkpoint: start), ``"resume"`` (same run, not finished: continue from the latest checkpoint) or
-  ``"finished"`` (``summary.json`` exists: print it and write nothing). A workdir that holds
-  another run (its saved run differs in any field outside ``RUN_ONLY_FIELDS``) raises a
-  one-line ``UserError`` naming the first differing field; so does a checkpoint whose stored
-  run differs from ``description`` (whatever ``config.json`` / ``run.json`` say, or if they
-  were deleted: they are rewritten on resume), a ``config.json`` that disagrees with
-  ``run.json`` (a hand edit), a workdir that is a file, an unreadable one and an empty
-  ``--workdir``.
+- ``inspect(workdir, description) -> Status`` reads (never writes) the workdir and says what a
+  run of ``description`` should do there: ``"fresh"`` (no ``config.json``, ``run.json`` or
+  checkpoint: start), ``"resume"`` (same run, not finished: continue from the latest checkpoint)
+  or ``"finished"`` (``summary.json`` exists: print it and write nothing). A workdir that holds
+  another run (its saved run differs in any field outside ``RUN_ONLY_FIELDS``) raises a one-line
+  ``UserError`` naming the first differing field; so does a checkpoint whose stored run differs
+  from ``description`` (whatever ``config.json`` / ``run.json`` say, or if they were deleted:
+  they are rewritten on resume), a ``config.json`` that disagrees with ``run.json`` (a hand
+  edit), a workdir that is a file, an unreadable one and an empty ``--workdir``.
 - ``run_description(config)`` -> the resolved run: the config, every field of the resolved
   neuron spec (after the preset), the resolved data options, and the library versions.
   ``comparable(description)`` is the part two runs of one workdir must share (versions and
