@@ -14,8 +14,8 @@ stops the run on a signal or a non-finite value (never saved). When the loop fai
 the records and the checkpoint manager cannot mask its error (a full disk: one line). Only
 process 0 writes files, all through ``workdir``'s path layer (etils.epath). The summary also
 carries what the end-of-run report needs (``state``, ``eval_graphdef``, ``eval_batches``);
-the report itself is ``run.run``'s
-``end_of_run`` callback (this module never imports ``analysis``).
+the report itself is ``run.run``'s ``end_of_run`` callback (this module never imports
+``analysis``).
 """
 
 from __future__ import annotations
