@@ -7,8 +7,8 @@ misspelt ``--config.x=`` fails with "did you mean"; default: the ``default`` con
 ``--process_id``; on TPU pods and SLURM ``jax.distributed.initialize()`` finds them itself
 with ``--distributed``).
 
-Contract: ``parse_and_validate(argv)`` parses the flags and the config file and validates
-the config against ``config_schema`` (jax is imported only by the neuron check at its end);
+Contract: ``parse_and_validate(argv)`` parses the flags and the config file and validates and
+resolves the config once (``cfsnn_jax.config.resolve``; no jax), which ``run.run`` receives;
 every user mistake (missing or broken config file, unknown variant, misspelt field, wrong
 type, out-of-range value) is a ``UserError``, which the command line prints as one
 ``error: ...`` line (exit status 2, nothing compiled, nothing written). ``--help`` prints
@@ -68,8 +68,7 @@ def main(argv):
   elif parsed.distributed:
     jax.distributed.initialize()
   from cfsnn_jax import run
-  from cfsnn_jax.training import guard as run_guard
-  from cfsnn_jax.data import pipeline
+  from cfsnn_jax.training import guard
   workdir = parsed.workdir
   if workdir is None:  # a fresh directory per run; multi-process runs must share one
     if jax.process_count() > 1:
@@ -78,13 +77,12 @@ def main(argv):
     workdir = os.path.join("workdirs", f"{parsed.config_name}-"
                            f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     print(f"cfsnn_jax: workdir {workdir} (no --workdir given)", flush=True)
-  try:  # device-dependent checks, still before anything is written or compiled
-    pipeline.check_batch_size(parsed.config.batch_size, jax.process_count(), jax.device_count())
-    run.run(parsed.config, workdir)
+  try:  # the run resolved once by parse_and_validate; run.run checks it against the devices
+    run.run(parsed.run, workdir)
   except UserError as e:  # bad input (data errors included): one line; bugs keep the traceback
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
-  except run_guard.Interrupted as e:  # SIGTERM / SIGINT: saved; 128 + signal number
+  except guard.Interrupted as e:  # SIGTERM / SIGINT: saved; 128 + signal number
     print(f"interrupted: {e}", file=sys.stderr)
     sys.exit(e.exit_status)
 

@@ -15,6 +15,7 @@ from cfsnn_jax.neuron import layers, equations as neurons
 from cfsnn_jax.analysis import energy, plots, report, spiking_stats
 from cfsnn_jax.models import resnet, transformer, vgg
 from cfsnn_jax.models.mlp import SpikingMLP
+from cfsnn_jax.config import resolve
 
 
 def _phi(z):
@@ -353,7 +354,7 @@ def test_energy_cli_refuses_a_workdir_trained_with_another_config(tmp_workdir):
   trained = default.get_config("tiny")
   path = workdir_lib.workdir_path(tmp_workdir)
   (path / "checkpoints" / "6").mkdir(parents=True)  # refused before any restore
-  workdir.write_description(path, workdir.run_description(trained),
+  workdir.write_description(path, workdir.run_description(resolve(trained)),
                             workdir.Status("fresh", path))
   asked = default.get_config("tiny")
   asked.neuron.name = "lif"
@@ -363,4 +364,4 @@ def test_energy_cli_refuses_a_workdir_trained_with_another_config(tmp_workdir):
   assert not os.path.exists(os.path.join(tmp_workdir, "energy.json"))
   asked.neuron.name, asked.progress_bar = "cf", True  # a run-only field may differ
   asked.model.remat = "block"  # so may remat (memory only)
-  energy_cli._check_same_run(asked, tmp_workdir)
+  energy_cli._check_same_run(resolve(asked), tmp_workdir)

@@ -52,7 +52,7 @@ def _by_kind(events):
 def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tb"))
   config = default_config.get_config("tiny")
-  summary = run.run(config, workdir)  # the loop, its on_eval statistics, the report
+  summary = run.run(config, workdir).summary  # the loop, its on_eval statistics, the report
   return workdir, config, summary, _by_kind(_events(os.path.join(workdir, "tensorboard")))
 
 

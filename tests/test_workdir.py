@@ -17,6 +17,7 @@ from cfsnn_jax.config import schema as config_schema
 from cfsnn_jax.training import checkpointing, workdir as workdir_lib, workdir
 from cfsnn_jax.errors import UserError
 from cfsnn_jax.training.metric_writers import MetricWriter, read_metrics
+from cfsnn_jax.config import resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -26,7 +27,7 @@ from configs import default as default_config  # noqa: E402
 def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
   root = workdir_lib.workdir_path(str(tmp_path / "run"))
   config = default_config.get_config("tiny")
-  desc = workdir.run_description(config)
+  desc = workdir.run_description(resolve(config))
   assert set(desc["neuron_spec"]) >= {"levels", "surrogate", "alpha", "reset"}
   assert desc["neuron_spec"]["levels"] == 4  # resolved from the cf preset
   assert {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
@@ -36,28 +37,28 @@ def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
   status = workdir.inspect(root, desc)
   workdir.write_description(root, desc, status)
   config.progress_bar, config.log_every_steps = True, 7  # run-only: still the same run
-  assert workdir.inspect(root, workdir.run_description(config)).kind == "resume"
+  assert workdir.inspect(root, workdir.run_description(resolve(config))).kind == "resume"
   from configs import cifar10 as cifar10_config  # tuple-valued data options (mean, std)
   image = cifar10_config.get_config("tiny")
   image_root = workdir_lib.workdir_path(str(tmp_path / "image"))
   image_root.mkdir()
-  image_desc = workdir.run_description(image)
+  image_desc = workdir.run_description(resolve(image))
   assert isinstance(image_desc["data_options"]["mean"], list)
   workdir.write_description(image_root, image_desc, workdir.inspect(image_root, image_desc))
-  assert workdir.inspect(image_root, workdir.run_description(image)).kind == "resume"
+  assert workdir.inspect(image_root, workdir.run_description(resolve(image))).kind == "resume"
   config.optimizer.learning_rate = 0.5
   # stopped before its first checkpoint (a wrong data_dir, say): the corrected run starts afresh
-  assert workdir.inspect(root, workdir.run_description(config)).kind == "fresh"
+  assert workdir.inspect(root, workdir.run_description(resolve(config))).kind == "fresh"
   (root / "checkpoints" / "3.orbax-checkpoint-tmp-1").mkdir(parents=True)  # unfinished save
-  assert workdir.inspect(root, workdir.run_description(config)).kind == "fresh"
+  assert workdir.inspect(root, workdir.run_description(resolve(config))).kind == "fresh"
   (root / "checkpoints" / "3").mkdir()
   with pytest.raises(UserError, match=r"holds another run: optimizer.learning_rate is 0.003 "
                      r"there, 0.5 here; pass a new --workdir"):
-    workdir.inspect(root, workdir.run_description(config))
+    workdir.inspect(root, workdir.run_description(resolve(config)))
   config.optimizer.learning_rate = 0.003
   config.data_workers = 1  # the data iterator's saved state depends on it: not run-only
   with pytest.raises(UserError, match=r"holds another run: data_workers is 0 there, 1 here"):
-    workdir.inspect(root, workdir.run_description(config))
+    workdir.inspect(root, workdir.run_description(resolve(config)))
   (root / "summary.json").write_text(json.dumps({"test_accuracy": 0.5}))
   status = workdir.inspect(root, desc)
   assert status.kind == "finished" and status.summary == {"test_accuracy": 0.5}
@@ -194,7 +195,7 @@ def test_gs_workdir_goes_through_epath(memory_gcs, tmp_path):
   root = workdir_lib.workdir_path("gs://bucket/run")
   assert str(root) == "gs://bucket/run" and not workdir_lib.is_local(root)
   config = default_config.get_config("tiny")
-  desc = workdir.run_description(config)
+  desc = workdir.run_description(resolve(config))
   status = workdir.inspect(root, desc)
   assert status.kind == "fresh"
   root.mkdir(parents=True, exist_ok=True)
@@ -232,8 +233,8 @@ def test_gs_workdir_goes_through_epath(memory_gcs, tmp_path):
 
 def test_second_ctrl_c_exits_at_once():
   code = ("import os, signal, time\n"
-          "from cfsnn_jax import run_guard\n"
-          "with run_guard.StopSignals() as stop:\n"
+          "from cfsnn_jax.training import guard\n"
+          "with guard.StopSignals() as stop:\n"
           "  os.kill(os.getpid(), signal.SIGINT)\n"
           "  print('noted', stop.received, flush=True)\n"
           "  os.kill(os.getpid(), signal.SIGINT)\n"

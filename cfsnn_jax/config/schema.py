@@ -403,8 +403,10 @@ def fit_model_fields(config: Any, overridden: Iterable[str] = ()) -> list[str]:
   return notes
 
 
-def validate_config(config: Any, *, require_data_dir: bool = False) -> None:
-  """Rejects bad names, types and numbers with one line, before data loading or compilation.
+def validate_config(config: Any, *, require_data_dir: bool = False
+                    ) -> neuron_spec_lib.NeuronSpec:
+  """Rejects bad names, types and numbers with one line, before data loading or compilation;
+  returns the resolved ``NeuronSpec`` (``resolved.resolve`` keeps it).
 
   ``require_data_dir``: also refuse an empty ``data_dir`` for the datasets that read their own
   files (the CLI sets it; a full recipe config legitimately ships with it empty).
@@ -454,7 +456,7 @@ def validate_config(config: Any, *, require_data_dir: bool = False) -> None:
   for f in NEURON_FIELDS:
     if _has(config, f.path):
       check_field(f, _get(config, f.path))
-  neuron_spec(config.neuron)  # preset names and the neuron's own consistency rules
+  return neuron_spec(config.neuron)  # preset names and the neuron's own consistency rules
 
 
 def neuron_spec(neuron_cfg: Any) -> neuron_spec_lib.NeuronSpec:

@@ -76,8 +76,11 @@ def neuron_forward(x_TB: jax.Array, alpha_T: jax.Array, decay: jax.Array,
 
 def _set_settings(obj, spec: neurons.NeuronSpec, num_steps: int, pn_kappa: float,
                   scan_unroll: int | bool | None, remat: bool, bptt: str) -> None:
-  """Validates and stores the settings a neuron layer (and its factory) is built from."""
-  neuron_spec.validate_spec(spec)
+  """Stores the settings a neuron layer (and its factory) is built from; ``spec`` is valid by
+  construction (``NeuronSpec``), ``num_steps`` is checked here."""
+  if not isinstance(spec, neuron_spec.NeuronSpec):
+    raise UserError(f"a neuron layer takes a NeuronSpec (neuron.resolve_spec(name, ...)), got "
+                    f"{type(spec).__name__}")
   neuron_spec.validate_num_steps(num_steps)
   obj.spec, obj.num_steps, obj.pn_kappa = spec, num_steps, pn_kappa
   obj.scan_unroll, obj.remat, obj.bptt = scan_unroll, remat, bptt

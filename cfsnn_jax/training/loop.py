@@ -1,26 +1,29 @@
 """Training loop: data, evaluation, checkpoints and metrics around the jitted steps.
 
-Contract: ``train_and_evaluate(config, workdir) -> summary dict``. The config is validated
-first (one-line ``UserError``s before any compilation). The state and the jitted train / eval
-steps come from ``steps`` (data parallel over every device with one mesh axis ``data``: the
-batch is sharded, parameters / BN statistics are replicated, batch statistics are global).
-The state (parameters, non-parameter model state such as BN statistics and DS-ATGO
-thresholds, optimizer state, step) and the data-iterator state are saved together by orbax
-every ``checkpoint_every_steps`` (and ``checkpoint_every_seconds``, on SIGTERM / SIGINT, and
-at the end), each with the run's history (best accuracy, time, images), so a resumed run's
-records and summary equal an uninterrupted run's. What the workdir holds decides fresh /
-resume / finished / refused (``workdir.inspect``, before anything is written); ``run_guard``
-stops the run on a signal or a non-finite value (never saved). When the loop fails, closing
-the records and the checkpoint manager cannot mask its error (a full disk: one line). Only
-process 0 writes files, all through ``workdir``'s path layer (etils.epath). The summary also
-carries what the end-of-run report needs (``state``, ``eval_graphdef``, ``eval_batches``);
-the report itself is ``run.run``'s ``end_of_run`` callback (this module never imports
-``analysis``).
+Contract: ``train_and_evaluate(run, workdir) -> Trained``, ``run`` a resolved run
+(``cfsnn_jax.config.resolve``: validated once, at the entry; nothing here validates it again).
+The state and the jitted train / eval steps come from ``steps`` (data parallel over every device
+with one mesh axis ``data``: the batch is sharded, parameters / BN statistics are replicated,
+batch statistics are global). The state (parameters, non-parameter model state such as BN
+statistics and DS-ATGO thresholds, optimizer state, step) and the data-iterator state are saved
+together by orbax every ``checkpoint_every_steps`` (and ``checkpoint_every_seconds``, on SIGTERM
+/ SIGINT, and at the end), each with the run's history (best accuracy, time, images), so a
+resumed run's records and summary equal an uninterrupted run's. What the workdir holds decides
+fresh / resume / finished / refused (``workdir.inspect``, before anything is written); ``guard``
+stops the run on a signal or a non-finite value (never saved); when the loop fails, closing the
+records and the checkpoint manager cannot mask its error (a full disk: one line). Only process 0
+writes files, all through ``workdir``'s path layer (etils.epath). A step's metrics are pulled to
+the host one step late (``LateMetrics``) so that dispatch stays asynchronous.
+
+``Trained`` keeps the records apart from the live objects: ``summary`` is plain data (what
+``summary.json`` holds); ``state``, ``eval_graphdef`` and ``eval_batches`` are what an
+end-of-run report needs. The report itself is the caller's ``end_of_run`` (``run.run``); this
+module never imports ``analysis``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import signal
 import time
 from typing import Any, Callable
@@ -30,18 +33,31 @@ import numpy as np
 from flax import nnx
 
 from cfsnn_jax import data
-from cfsnn_jax.config import schema as config_schema
 from cfsnn_jax.data import pipeline
-from cfsnn_jax.errors import UserError
 from cfsnn_jax.neuron import layers
-from cfsnn_jax.training import checkpointing, optim, progress, steps, guard as run_guard
+from cfsnn_jax.training import checkpointing, guard, optim, progress, steps
 from cfsnn_jax.training import workdir as workdir_lib
 from cfsnn_jax.training.metric_writers import METRICS_FILE, MetricWriter
 
 State = steps.State
 
 
-def _steps(config: Any, num_train: int) -> tuple[int, int]:
+@dataclasses.dataclass
+class Trained:
+  """What a run produced: its records (plain data) beside the live objects of its end."""
+  summary: dict  # JSON-able: accuracies, times, steps, parameters (+ the report's numbers)
+  state: State | None = None  # None when the workdir already held a finished run
+  eval_graphdef: Any = None
+  eval_batches: pipeline.EvalBatches | None = None
+  already_finished: bool = False
+
+  def eval_model(self) -> nnx.Module:
+    """The trained model in evaluation mode."""
+    return nnx.merge(self.eval_graphdef, self.state["params"], self.state["rest"])
+
+
+def run_length(config: Any, num_train: int) -> tuple[int, int]:
+  """``(steps per epoch, total steps)`` of a run over ``num_train`` training examples."""
   steps_per_epoch = max(1, num_train // config.batch_size)
   total = config.num_train_steps if config.num_train_steps > 0 else (
       config.num_epochs * steps_per_epoch)
@@ -61,27 +77,26 @@ def evaluate(state: State, eval_fn, batches: pipeline.EvalBatches, to_global) ->
           "firing_rate": float(np.mean(rates))}
 
 
-def train_and_evaluate(config: Any, workdir: str, *,
-                       end_of_run: Callable[[dict, str], dict] | None = None,
-                       on_eval: Callable | None = None) -> dict:
-  """Runs (or resumes) the run of ``config`` in ``workdir``; README "Runs and workdirs".
+def train_and_evaluate(run: Any, workdir: str, *,
+                       end_of_run: Callable[[Trained, str], dict] | None = None,
+                       on_eval: Callable | None = None) -> Trained:
+  """Runs (or resumes) ``run`` in ``workdir``; README "Runs and workdirs".
 
-  ``end_of_run(summary, local_dir) -> extra summary fields`` (process 0, e.g. ``run.run``'s
+  ``end_of_run(trained, local_dir) -> extra summary fields`` (process 0, e.g. ``run.run``'s
   report) runs under the workdir lock before ``summary.json``, the finished marker, is written.
   ``on_eval(step, eval_model, eval_batches, writer)`` runs on process 0 after every evaluation
   (``run.run`` passes the per-layer TensorBoard statistics of ``analysis.report``).
   """
-  config_schema.validate_config(config)
   is_writer = jax.process_index() == 0
   root = workdir_lib.workdir_path(workdir)
-  description = workdir_lib.run_description(config)
+  description = workdir_lib.run_description(run)
   status = workdir_lib.inspect(root, description)  # reads only; refuses another run's workdir
   if status.kind == "finished":
     if is_writer:
       print(f"cfsnn_jax: {root} holds a finished run; nothing to do (its summary.json):",
             flush=True)
       print(workdir_lib.summary_line(status.summary, root), flush=True)
-    return dict(status.summary, finished=True)
+    return Trained(dict(status.summary), already_finished=True)
   if is_writer:
     try:
       root.mkdir(parents=True, exist_ok=True)
@@ -91,36 +106,83 @@ def train_and_evaluate(config: Any, workdir: str, *,
   try:
     if is_writer:
       workdir_lib.write_description(root, description, status)
-    with run_guard.StopSignals() as signals:
-      return _train(config, root, description, signals, end_of_run, on_eval)
+    with guard.StopSignals() as signals:
+      trained, writer = _train(run, root, description, signals, on_eval)
+      signals.training_done()  # a signal from here on: the report is finished, then exit 0
+      _finish(run.config, root, trained, writer, end_of_run)
+      return trained
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSignals,
-           end_of_run: Callable[[dict, str], dict] | None,
-           on_eval: Callable | None = None) -> dict:
-  is_writer = jax.process_index() == 0
-  num_devices = jax.device_count()
-  try:
-    pipeline.check_batch_size(config.batch_size, jax.process_count(), num_devices)
-  except ValueError as e:
-    raise UserError(str(e)) from None
+class LateMetrics:
+  """A step's metrics, held until the next step is dispatched and only then pulled to the
+  host (checked for divergence, written, shown), so that dispatch stays asynchronous.
 
+  ``hold(step, metrics, ...)`` writes the held step and holds this one; ``write_held(...)``
+  writes the held step now (before an evaluation or a checkpoint that covers it)."""
+
+  def __init__(self, writer: MetricWriter, bar, every: int):
+    self.writer, self.bar, self.every = writer, bar, max(every, 1)
+    self.held: tuple[int, dict, Any] | None = None  # (step, metrics, finite flag)
+
+  def hold(self, step: int, metrics: dict, state: State, last_saved: int) -> None:
+    finite = metrics.pop("finite")  # computed inside the step: no extra dispatch
+    self.write_held(state, last_saved)
+    self.held = (step, metrics, finite)
+
+  def write_held(self, state: State, last_saved: int, force: bool = False) -> None:
+    if self.held is None:
+      return
+    step, metrics, finite = self.held
+    self.held = None
+    guard.raise_if_diverged(step, metrics, finite, state, last_saved)
+    self.bar.update(step - self.bar.n)
+    if force or step % self.every == 0:
+      host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      self.writer.write(step, "train", host)
+      self.writer.write_learning_rate(step)
+      self.bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['accuracy']:.3f}")
+
+
+class TrainClock:
+  """Training time without evaluations (into ``history["train_time_s"]``) and the time since
+  the last checkpoint (for ``checkpoint_every_seconds``)."""
+
+  def __init__(self, history: dict):
+    self.history = history
+    self.started = self.saved = time.perf_counter()
+
+  def pause(self) -> None:
+    self.history["train_time_s"] += time.perf_counter() - self.started
+
+  def resume(self) -> None:
+    self.started = time.perf_counter()
+
+  def checkpointed(self) -> None:
+    self.pause()
+    self.resume()
+    self.saved = self.started
+
+  def since_saved(self) -> float:
+    return time.perf_counter() - self.saved
+
+
+def _train(run: Any, root: Any, description: dict, signals: guard.StopSignals,
+           on_eval: Callable | None) -> tuple[Trained, MetricWriter]:
+  config = run.config
+  is_writer = jax.process_index() == 0
   splits = data.load_dataset(config)
   info = splits.info
-  steps_per_epoch, total_steps = _steps(config, len(splits.train))
+  steps_per_epoch, total_steps = run_length(config, len(splits.train))
   eval_every = config.eval_every_steps or steps_per_epoch
   ckpt_every = config.checkpoint_every_steps or steps_per_epoch
   ckpt_seconds = float(config.get("checkpoint_every_seconds", 0) or 0)
 
-  setup = steps.create_train_state(config, info, total_steps)
-  eval_graphdef, num_params = setup.eval_graphdef, setup.num_params
-  built = steps.make_steps(config, setup)
-  p_train, p_eval, to_global = built.train, built.eval, built.to_global
+  setup = steps.create_train_state(run, info, total_steps)
+  built = steps.make_steps(run, setup)
   state = built.place(setup.state)
-
   train_iter = pipeline.train_iterator(
       splits.train, config.batch_size, config.seed, augment=data.train_augment(config, info),
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -141,114 +203,103 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
   writer.track_learning_rate(optim.learning_rate_schedule(config.optimizer, total_steps))
   if is_writer:
     print(f"cfsnn_jax: {config.model.name} on {info.name} ({len(splits.train)} train / "
-          f"{len(splits.test)} test), {num_params:,} parameters, T={config.num_steps}, "
-          f"neuron={config.neuron.name}, {num_devices} device(s) "
+          f"{len(splits.test)} test), {setup.num_params:,} parameters, T={config.num_steps}, "
+          f"neuron={config.neuron.name}, {jax.device_count()} device(s) "
           f"[{jax.devices()[0].platform}], {total_steps} steps"
           + (f", resuming at step {start_step}" if start_step else ""), flush=True)
 
   bar = progress.make_progress(total_steps, start_step, is_writer and config.progress_bar,
                               config.log_every_steps)
-  pending = None  # (step, metrics, finite flag) of the previous step, pulled one step late
+  late = LateMetrics(writer, bar, config.log_every_steps)
+  clock = TrainClock(history)
   last_saved = start_step
-  t_start = t_saved = time.perf_counter()
-
-  def check(entry) -> None:
-    step, metrics, finite = entry
-    if not bool(finite):
-      what = run_guard.first_nonfinite(metrics, state)
-      raise run_guard.Diverged(
-          f"training diverged at step {step}: {what}; nothing non-finite was saved, the latest "
-          f"checkpoint (step {last_saved}) is the last good state; lower "
-          "optimizer.learning_rate or set optimizer.grad_clip")
-
-  def save(done: int) -> None:
-    nonlocal last_saved, t_start, t_saved
-    if not bool(run_guard.all_finite(state)):
-      check((done, {"loss": 0.0, "grad_norm": 0.0}, False))
-    history["train_time_s"] += time.perf_counter() - t_start
-    t_start = t_saved = time.perf_counter()
-    checkpointing.save(manager, done, state, train_iter,
-                       {"history": history, "run": description})
-    writer.flush()
-    last_saved = done
-
   try:
     for step in range(start_step, total_steps):
-      batch = to_global(next(train_iter))
-      state, metrics = p_train(state, batch)
-      finite = metrics.pop("finite")  # computed inside the step: no extra dispatch
+      state, metrics = built.train(state, built.to_global(next(train_iter)))
       history["images"] += config.batch_size
-      if pending is not None:
-        check(pending)
-        _log_train(writer, bar, *pending[:2], config.log_every_steps)
-      pending = (step + 1, metrics, finite)
       done = step + 1
+      late.hold(done, metrics, state, last_saved)
       if done % eval_every == 0 or done == total_steps:
-        check(pending)
-        _log_train(writer, bar, *pending[:2], config.log_every_steps, force=True)
-        pending = None
-        history["train_time_s"] += time.perf_counter() - t_start
-        ev = evaluate(state, p_eval, eval_batches, to_global)
-        history["best_accuracy"] = max(history["best_accuracy"], ev["accuracy"])
-        history["last_eval"] = ev
-        writer.write(done, "test", ev)
-        if is_writer:  # learned surrogate alphas / DS-ATGO thresholds per layer and step
-          scalars = layers.neuron_scalars(
-              nnx.merge(eval_graphdef, state["params"], state["rest"]))
-          if scalars:
-            writer.write(done, "neurons", scalars)
-        if is_writer and on_eval is not None:  # e.g. per-layer rates, potential histograms
-          on_eval(done, nnx.merge(eval_graphdef, state["params"], state["rest"]),
-                  eval_batches, writer)
-        bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
-        if is_writer:
-          print(progress.eval_line(done, total_steps, ev), flush=True)
-        t_start = time.perf_counter()
-      due_time = ckpt_seconds > 0 and time.perf_counter() - t_saved >= ckpt_seconds
-      stop = signals.received is not None
-      if jax.process_count() > 1:  # decide together, at steps every process agrees on
-        if ckpt_seconds > 0 or done % max(config.log_every_steps, 1) == 0:
-          stop, due_time = run_guard.agree(stop), run_guard.agree(due_time)
-        else:
-          stop = due_time = False
+        late.write_held(state, last_saved, force=True)
+        clock.pause()
+        ev = evaluate(state, built.eval, eval_batches, built.to_global)
+        _record_eval(done, total_steps, ev, history, writer, bar, on_eval,
+                     lambda: nnx.merge(setup.eval_graphdef, state["params"], state["rest"]),
+                     eval_batches)
+        clock.resume()
+      stop, due_time = _stop_or_due(signals, clock, ckpt_seconds, done, config)
       if done % ckpt_every == 0 or done == total_steps or stop or due_time:
-        if pending is not None:  # its row belongs before the checkpoint that covers it
-          check(pending)
-          _log_train(writer, bar, *pending[:2], config.log_every_steps)
-          pending = None
-        save(done)
+        late.write_held(state, last_saved)  # its row belongs before the checkpoint
+        guard.refuse_nonfinite_state(done, state, last_saved)
+        clock.checkpointed()
+        checkpointing.save(manager, done, state, train_iter,
+                           {"history": history, "run": description})
+        writer.flush()
+        last_saved = done
       if stop:
-        raise run_guard.Interrupted(signals.received or signal.SIGTERM, done, root)
-    if pending is not None:
-      check(pending)
+        raise guard.Interrupted(signals.received or signal.SIGTERM, done, root)
   except BaseException as failure:
     _close_after(failure, bar, manager, writer)
     raise
   bar.close()
   checkpointing.finish(manager)
   writer.flush()
-  signals.training_done()  # a signal from here on: the report is finished, then exit 0
 
   train_time = history["train_time_s"]
-  ev = history["last_eval"] or evaluate(state, p_eval, eval_batches, to_global)
+  ev = history["last_eval"] or evaluate(state, built.eval, eval_batches, built.to_global)
   summary = {"test_accuracy": ev["accuracy"],
              "best_test_accuracy": max(history["best_accuracy"], ev["accuracy"]),
              "test_firing_rate": ev["firing_rate"], "train_time_s": train_time,
              "images_per_s": history["images"] / max(train_time, 1e-9), "steps": total_steps,
-             "num_params": num_params}
-  if is_writer and end_of_run is not None:  # the report, into the workdir (staged if remote)
+             "num_params": setup.num_params}
+  return Trained(summary, state, setup.eval_graphdef, eval_batches), writer
+
+
+def _record_eval(done: int, total_steps: int, ev: dict, history: dict, writer: MetricWriter,
+                 bar, on_eval: Callable | None, eval_model: Callable[[], nnx.Module],
+                 eval_batches: pipeline.EvalBatches) -> None:
+  """One evaluation's records: history, the ``test`` row, the neurons' learned scalars,
+  ``on_eval``, the progress postfix and the stdout line."""
+  history["best_accuracy"] = max(history["best_accuracy"], ev["accuracy"])
+  history["last_eval"] = ev
+  writer.write(done, "test", ev)
+  if writer.enabled:  # learned surrogate alphas / DS-ATGO thresholds per layer and step
+    scalars = layers.neuron_scalars(eval_model())
+    if scalars:
+      writer.write(done, "neurons", scalars)
+  if writer.enabled and on_eval is not None:  # e.g. per-layer rates, potential histograms
+    on_eval(done, eval_model(), eval_batches, writer)
+  bar.set_postfix(test_acc=f"{ev['accuracy']:.4f}")
+  if writer.enabled:
+    print(progress.eval_line(done, total_steps, ev), flush=True)
+
+
+def _stop_or_due(signals: guard.StopSignals, clock: TrainClock, ckpt_seconds: float,
+                 done: int, config: Any) -> tuple[bool, bool]:
+  """(a signal asks to stop, a time-based checkpoint is due), agreed by every process."""
+  due_time = ckpt_seconds > 0 and clock.since_saved() >= ckpt_seconds
+  stop = signals.received is not None
+  if jax.process_count() > 1:  # decide together, at steps every process agrees on
+    if ckpt_seconds > 0 or done % max(config.log_every_steps, 1) == 0:
+      return guard.agree(stop), guard.agree(due_time)
+    return False, False
+  return stop, due_time
+
+
+def _finish(config: Any, root: Any, trained: Trained, writer: MetricWriter,
+            end_of_run: Callable[[Trained, str], dict] | None) -> None:
+  """The end of a run: the caller's report (process 0, into the workdir, staged if remote),
+  the ``summary`` row and hparams, then ``summary.json``, written last: the finished marker."""
+  is_writer = jax.process_index() == 0
+  if is_writer and end_of_run is not None:
     with workdir_lib.staged_dir(root, inputs=(METRICS_FILE,)) as local:
-      summary.update(end_of_run(dict(summary, state=state, eval_graphdef=eval_graphdef,
-                                     eval_batches=eval_batches), local))
-  writer.write(total_steps, "summary", summary)
-  writer.write_hparams(config, summary)  # the config as TensorBoard hparams
+      trained.summary.update(end_of_run(trained, local))
+  writer.write(trained.summary["steps"], "summary", trained.summary)
+  writer.write_hparams(config, trained.summary)  # the config as TensorBoard hparams
   writer.close()
-  if is_writer:  # written last: its presence marks the workdir finished
-    workdir_lib.write_text_atomic(root / workdir_lib.SUMMARY_FILE,
-                                json.dumps(summary, indent=2) + "\n")
-    print(workdir_lib.summary_line(summary, root), flush=True)
-  summary.update(state=state, eval_graphdef=eval_graphdef, eval_batches=eval_batches)
-  return summary
+  if is_writer:
+    workdir_lib.write_summary(root, trained.summary)
+    print(workdir_lib.summary_line(trained.summary, root), flush=True)
 
 
 def _close_after(failure: BaseException, bar, manager, writer) -> None:
@@ -262,15 +313,5 @@ def _close_after(failure: BaseException, bar, manager, writer) -> None:
       close()
     except Exception as e:  # noqa: BLE001
       first = first or e
-  if first is not None and isinstance(failure, run_guard.Interrupted):
+  if first is not None and isinstance(failure, guard.Interrupted):
     raise first from None
-
-
-def _log_train(writer: MetricWriter, bar, step: int, metrics: dict, every: int,
-               force: bool = False) -> None:
-  bar.update(step - bar.n)
-  if force or step % max(every, 1) == 0:
-    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    writer.write(step, "train", host)
-    writer.write_learning_rate(step)
-    bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['accuracy']:.3f}")

@@ -10,11 +10,14 @@ Contract:
   from ``description`` (whatever ``config.json`` / ``run.json`` say, or if they were deleted:
   they are rewritten on resume), a ``config.json`` that disagrees with ``run.json`` (a hand
   edit), a workdir that is a file, an unreadable one and an empty ``--workdir``.
-- ``run_description(config)`` -> the resolved run: the config, every field of the resolved
-  neuron spec (after the preset), the resolved data options, and the library versions.
+- ``run_description(run)`` -> what a resolved run (``cfsnn_jax.config.resolve``) records:
+  the config, every field of its neuron spec (after the preset), its data options, and the
+  library versions.
   ``comparable(description)`` is the part two runs of one workdir must share (versions and
   run-only fields are left out). Written to ``run.json`` at the start and into each
-  checkpoint's metadata. ``summary_line(summary, workdir)`` is the ``final: ...`` line.
+  checkpoint's metadata. ``write_summary(workdir, summary)`` writes ``summary.json`` (the
+  finished marker ``inspect`` reads); ``summary_line(summary, workdir)`` is the ``final: ...``
+  line.
 - ``WorkdirLock(workdir)``: an exclusive lock file ``run.lock`` holding the owner's host,
   pid, process start time and a random token. ``acquire()`` creates it atomically and whole
   (written and fsynced under a temporary name, then hard-linked; a failed write, a full disk,
@@ -178,16 +181,11 @@ def library_versions() -> dict[str, str]:
   return out
 
 
-def run_description(config: Any) -> dict:
-  from cfsnn_jax import data  # config_schema imports the registries
-  from cfsnn_jax.config import schema as config_schema
-  try:
-    data_opts = data.data_options(config, config.dataset).to_dict()
-  except (ValueError, KeyError):
-    data_opts = None
-  description = {"config": json.loads(config.to_json()),
-                 "neuron_spec": dataclasses.asdict(config_schema.neuron_spec(config.neuron)),
-                 "data_options": data_opts, "versions": library_versions()}
+def run_description(run: Any) -> dict:
+  """What ``run.json`` holds for a resolved run (``cfsnn_jax.config.ResolvedRun``)."""
+  description = {"config": json.loads(run.config.to_json()),
+                 "neuron_spec": dataclasses.asdict(run.neuron),
+                 "data_options": run.data_options, "versions": library_versions()}
   return json.loads(json.dumps(description, default=str))  # as saved: tuples become lists
 
 
@@ -518,6 +516,11 @@ def _write_synced(path: str, text: str, flags: int) -> None:
     with contextlib.suppress(OSError):
       os.unlink(path)
     raise
+
+
+def write_summary(workdir: epath.Path, summary: dict) -> None:
+  """``summary.json``, written last by a run: its presence marks the workdir finished."""
+  write_text_atomic(workdir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def summary_line(summary: dict, workdir: Any) -> str:
