@@ -108,7 +108,6 @@ def train_and_evaluate(run: Any, workdir: str, *,
       workdir_lib.write_description(root, description, status)
     with guard.StopSignals() as signals:
       trained, writer = _train(run, root, description, signals, on_eval)
-      signals.training_done()  # a signal from here on: the report is finished, then exit 0
       _finish(run.config, root, trained, writer, end_of_run)
       return trained
   finally:
@@ -244,6 +243,7 @@ def _train(run: Any, root: Any, description: dict, signals: guard.StopSignals,
   bar.close()
   checkpointing.finish(manager)
   writer.flush()
+  signals.training_done()  # a signal from here on: the report is finished, then exit 0
 
   train_time = history["train_time_s"]
   ev = history["last_eval"] or evaluate(state, built.eval, eval_batches, built.to_global)
