@@ -115,7 +115,8 @@ def test_finished_rerun_and_mismatched_config_write_nothing(reference):
   assert "holds a finished run" in out and "final: test_accuracy=" in out
   _, err = _run(reference, "--config.neuron.name=lif", rc=2)
   line = _one_error_line(err)
-  assert "holds another run: neuron.name is \"cf\" there, \"lif\" here" in line
+  assert f"holds another run: neuron.name is \"cf\" in its checkpoint step {STEPS}, \"lif\" " \
+      "here" in line  # the run stored with the checkpoint decides
   assert "new --workdir" in line
   assert _hashes(reference) == before
 

@@ -254,7 +254,8 @@ def test_full_or_read_only_disk_under_orbax_is_one_line(tmp_path):
   except RuntimeError as e:
     full = checkpointing._storage_error(manager, e)
   assert isinstance(full, UserError) and str(full) == (
-      f"{manager.directory} cannot be written: no space left on the device")
+      f"no space left on device: {manager.directory} (free space there, then rerun the same "
+      "command: it continues from the last checkpoint)")
   ro = checkpointing._storage_error(manager, ValueError("... Read-only file system [os_error]"))
   assert str(ro).endswith("is on a read-only filesystem")
   bug = KeyError("a bug")

@@ -20,7 +20,11 @@ Contract:
 - The kernels are compiled at first use (about 4 s, once per machine) with the C++ compiler
   (``$CXX``, else ``c++``) against jaxlib's FFI headers and the ``onednn-devel-cpu-gomp``
   headers, into ``$CFSNN_CACHE_DIR`` (default ``~/.cache/cfsnn_jax``), named by a hash of
-  source, jaxlib version and library. Any failure (no compiler, no oneDNN) leaves XLA's
+  source, jaxlib version and library. A build is compiled under a temporary name, fsynced,
+  loaded once in a child process, stamped (``<name>.so.json``: size and SHA-256, written
+  atomically) and renamed into place; a cached library is loaded only if it matches its
+  stamp, and is rebuilt if not (truncated by a full disk or a killed build, or replaced). Any
+  failure (no compiler, no oneDNN, a damaged entry that does not rebuild) leaves XLA's
   convolutions in place, logs one warning, and ``status()`` says why.
 
 Why (docs/PERFORMANCE.md): XLA:CPU's weight-gradient convolution transposes both operands
@@ -35,6 +39,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -107,7 +112,8 @@ def _build() -> Path:
       SOURCE.read_bytes(), jaxlib.__version__.encode(), str(lib).encode(),
       str(lib.stat().st_size).encode(), cxx.encode()])).hexdigest()[:16]
   out = _cache_dir() / f"onednn_conv-{key}.so"
-  if out.exists():
+  damage = _check_entry(out) if out.exists() else "absent"
+  if damage is None:
     return out
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
@@ -120,11 +126,92 @@ def _build() -> Path:
     if proc.returncode != 0:
       last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
       raise RuntimeError(f"compiling {SOURCE.name} failed: {last}")
+    _fsync(tmp)
+    if not _loads_in_child(tmp):
+      raise RuntimeError(f"the freshly built {SOURCE.name} library does not load")
+    _write_stamp(out, _digest(tmp))
     os.replace(tmp, out)  # atomic: concurrent builders leave one complete file
+    _fsync(out.parent)
+  except (RuntimeError, OSError) as e:
+    if damage != "absent":
+      raise RuntimeError(f"the cached {out.name} is damaged ({damage}) and rebuilding it "
+                         f"failed: {e}") from None
+    raise
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
   return out
+
+
+def _stamp(library: Path) -> Path:
+  return library.with_name(library.name + ".json")
+
+
+def _digest(path: str | Path) -> dict[str, Any]:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def _fsync(path: str | Path) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _write_stamp(library: Path, digest: dict[str, Any]) -> None:
+  """``<library>.json`` (size and SHA-256 of a library that loaded), written atomically."""
+  stamp = _stamp(library)
+  tmp = f"{stamp}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      f.write(json.dumps(digest))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, stamp)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def _loads_in_child(path: str | Path) -> bool:
+  """Whether ``dlopen`` of ``path`` succeeds in a child process (a truncated library can kill
+  the process that maps it with SIGBUS; the child dies instead)."""
+  code = "import ctypes, sys; ctypes.CDLL(sys.argv[1])"
+  try:
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          timeout=120, check=False).returncode == 0
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+
+
+def _check_entry(library: Path) -> str | None:
+  """None if the cached ``library`` is the one its stamp describes, else what is wrong. An
+  entry without a stamp (an older cache) is trusted if it loads in a child (then stamped)."""
+  try:
+    digest = _digest(library)
+  except OSError as e:
+    return f"unreadable: {e.strerror or e}"
+  try:
+    stamp = json.loads(_stamp(library).read_text())
+  except FileNotFoundError:
+    if not _loads_in_child(library):
+      return "it does not load"
+    with contextlib.suppress(OSError):
+      _write_stamp(library, digest)
+    return None
+  except (OSError, ValueError) as e:
+    return f"its stamp {_stamp(library).name} does not read: {e}"
+  if not isinstance(stamp, dict) or stamp.get("size") != digest["size"]:
+    return (f"{digest['size']} bytes, "
+            f"{stamp.get('size') if isinstance(stamp, dict) else '?'} when built")
+  if stamp.get("sha256") != digest["sha256"]:
+    return "its SHA-256 differs from the one recorded when it was built"
+  return None
 
 
 def _load() -> dict[str, Any]:

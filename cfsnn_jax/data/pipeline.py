@@ -55,6 +55,14 @@ def _stack(examples):
   return batch
 
 
+def _ignore_sigint(worker_index: int, worker_count: int) -> None:
+  """In each data worker: Ctrl-C reaches the whole process group, but only the main process
+  acts on it (it saves and stops the workers); a worker's KeyboardInterrupt is a traceback."""
+  del worker_index, worker_count
+  import signal
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def train_iterator(source: RandomAccessSource, global_batch_size: int, seed: int, *,
                    augment: Augment | None = None, process_index: int = 0,
                    process_count: int = 1, prefetch_buffer: int = 2,
@@ -76,7 +84,8 @@ def train_iterator(source: RandomAccessSource, global_batch_size: int, seed: int
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags; defaults outside an app
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=worker_count, per_worker_buffer_size=prefetch_buffer))
+        num_workers=worker_count, per_worker_buffer_size=prefetch_buffer),
+        worker_init_fn=_ignore_sigint)
   return iter(it_ds)
 
 

@@ -14,16 +14,22 @@ template, data_iter)`` -> ``Restored(state, step, metadata)`` tries the steps ne
 a step that fails to restore (any orbax / tensorstore error, an empty directory, missing
 metadata, a checksum that does not match the restored values) is reported in one line on
 stderr, moved aside to ``<workdir>/checkpoints_damaged/`` and the next older step is tried;
-if none restores, one line says so (``UserError``). A checkpoint whose tree or shapes do not
-match the model is not damage: it fails with one line naming the mismatch. With no
-checkpoint it returns the template, step 0 and ``{}``. ``restore_latest`` is the
-``(state, step)`` shorthand. ``init_from(other_workdir, state)`` takes parameters and model
-state (not the optimizer state or step) from another run's newest intact checkpoint.
+if none restores, one line says so (``UserError``). A full or read-only disk under a save is
+one line too (``save`` / ``finish``); orbax's own log records of it (tracebacks from its
+background threads) are dropped. A checkpoint whose tree or shapes do not match the model
+is not damage: it fails with one line naming the mismatch. With no checkpoint it returns
+the template, step 0 and ``{}``. ``restore_latest`` is the ``(state, step)`` shorthand.
+``stored_runs(directory)`` lists the run description saved with each finished step (the
+workdir compares it with the command's before resuming). ``init_from(other_workdir, state)``
+takes parameters and model state (not the optimizer state or step) from another run's
+newest intact checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import sys
 import time
 from typing import Any, NamedTuple
@@ -38,6 +44,7 @@ from cfsnn_jax.training import workdir as workdir_lib
 from cfsnn_jax.errors import UserError
 
 CHECKSUM_KEY = "state_sha256"
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"  # orbax's per-step metadata (custom_metadata)
 DAMAGED_DIR = "checkpoints_damaged"
 
 
@@ -56,6 +63,7 @@ def open_manager(directory: Any, *, read_only: bool, keep: int = 2
   """The one place a manager is opened: read-write, or read-only (never writes or cleans, for
   a workdir a run may still be writing)."""
   directory = workdir_lib.workdir_path(directory)
+  _quiet_orbax_storage_logs()
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   else:
@@ -120,21 +128,48 @@ def finish(manager: ocp.CheckpointManager) -> None:
     raise error from None
 
 
-def _storage_error(manager: ocp.CheckpointManager, e: BaseException) -> BaseException:
-  """A one-line ``UserError`` for a full / read-only disk under orbax's wrappers, else ``e``."""
+_STORAGE = (("No space left", "ENOSPC"), ("Read-only file system", "EROFS"),
+            ("Disk quota exceeded", "EDQUOT"))
+
+
+def _storage_cause(e: BaseException | None) -> OSError | None:
+  """The full / read-only disk under orbax's and tensorstore's wrappers of ``e``, if any."""
   cause = e
   while cause is not None:
     if isinstance(cause, OSError) and cause.errno is not None:
-      return workdir_lib.fs_error(manager.directory, cause)
+      return cause
     text = str(cause)
-    for needle, errno_name in (("No space left", "ENOSPC"), ("Read-only file system", "EROFS"),
-                               ("Disk quota exceeded", "EDQUOT")):
+    for needle, errno_name in _STORAGE:
       if needle in text:
         import errno
-        return workdir_lib.fs_error(manager.directory,
-                                  OSError(getattr(errno, errno_name), needle))
+        return OSError(getattr(errno, errno_name), needle)
     cause = cause.__cause__ or cause.__context__
-  return e
+  return None
+
+
+def _storage_error(manager: ocp.CheckpointManager, e: BaseException) -> BaseException:
+  """A one-line ``UserError`` for a full / read-only disk under orbax's wrappers, else ``e``."""
+  cause = _storage_cause(e)
+  return e if cause is None else workdir_lib.fs_error(manager.directory, cause)
+
+
+class _QuietStorageErrors(logging.Filter):
+  """Drops orbax's log records (each a traceback from a background save thread) of a full or
+  read-only disk: the failed save reaches the caller, which reports it in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "orbax" not in (record.pathname or ""):
+      return True
+    text = record.getMessage()
+    if any(needle in text for needle, _ in _STORAGE):
+      return False
+    return _storage_cause(record.exc_info[1] if record.exc_info else None) is None
+
+
+def _quiet_orbax_storage_logs() -> None:
+  logger = logging.getLogger("absl")  # orbax logs through absl.logging
+  if not any(isinstance(f, _QuietStorageErrors) for f in logger.filters):
+    logger.addFilter(_QuietStorageErrors())
 
 
 def _abstract(state: Any) -> Any:
@@ -249,6 +284,28 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("cfsnn_jax_move_damaged")
   manager.reload()
+
+
+def stored_runs(directory: Any) -> list[tuple[int, dict]]:
+  """``(step, run description)`` of every finished step in ``directory`` that stores one,
+  newest first (reads orbax's step metadata file only; a step whose file does not read is
+  left out: restoring it reports the damage)."""
+  directory = workdir_lib.workdir_path(directory)
+  try:
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()),
+                   reverse=True) if directory.is_dir() else []
+  except OSError as e:
+    raise workdir_lib.fs_error(directory, e) from None
+  out = []
+  for step in steps:
+    try:
+      custom = json.loads((directory / str(step) / STEP_METADATA_FILE).read_text()).get(
+          "custom_metadata") or {}
+    except (OSError, ValueError, AttributeError):
+      continue
+    if isinstance(custom.get("run"), dict):
+      out.append((step, custom["run"]))
+  return out
 
 
 def restore_latest(manager: ocp.CheckpointManager, template: Any,

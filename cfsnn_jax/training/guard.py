@@ -1,14 +1,15 @@
 """What stops a run early, and how: preemption signals and the divergence guard.
 
-Contract: ``StopSignals`` (a context manager, main thread only) turns the first SIGTERM /
-SIGINT into a flag the training loop polls after each step (it then saves a checkpoint and
-raises ``Interrupted``, whose ``exit_status`` is 128 + the signal number); a second signal
-exits the process at once. ``tree_finite(tree)`` is a boolean scalar: every floating leaf of
-``tree`` is finite (``steps.train_step`` returns it for the loss, the gradient norm and the
-updated parameters as ``metrics["finite"]``; ``all_finite`` is the same, jitted).
+Contract: ``StopSignals`` (a context manager, main thread only) turns the first SIGTERM / SIGINT
+into a flag the training loop polls after each step (it then saves a checkpoint and raises
+``Interrupted``, whose ``exit_status`` is 128 + the signal number); a second signal exits the
+process at once. After ``training_done()`` (the end-of-run report) a first signal only says that
+the report is finished and the run exits 0. ``tree_finite(tree)`` is a boolean scalar: every
+floating leaf of ``tree`` is finite (``steps.train_step`` returns it for the loss, the gradient
+norm and the updated parameters as ``metrics["finite"]``; ``all_finite`` is the same, jitted).
 ``raise_if_diverged(step, metrics, finite, state, last_saved)`` raises ``Diverged`` (a
-``UserError``) for a step whose flag says non-finite, naming the first non-finite of the
-step's loss, its gradient norm and the state's leaves (``first_nonfinite``, path order);
+``UserError``) for a step whose flag says non-finite, naming the first non-finite of the step's
+loss, its gradient norm and the state's leaves (``first_nonfinite``, path order);
 ``refuse_nonfinite_state`` does the same for a state about to be saved. ``agree(flag)`` is
 process 0's decision on every process.
 """
@@ -48,6 +49,12 @@ class StopSignals:
   def __init__(self):
     self.received: int | None = None
     self._old = {}
+    self._done = False
+
+  def training_done(self) -> None:
+    """From now on a first signal lets the end-of-run report finish (the last checkpoint is
+    written): the run then exits 0 as usual."""
+    self._done = True
 
   def _handler(self, signum, frame):
     del frame
@@ -57,6 +64,11 @@ class StopSignals:
             flush=True)
       os._exit(128 + signum)
     self.received = signum
+    if self._done:
+      print(f"cfsnn_jax: {name}: training is finished and checkpointed; finishing the "
+            "end-of-run report, then exiting 0 (send it again to exit at once; a rerun "
+            "then redoes the report)", file=sys.stderr, flush=True)
+      return
     print(f"cfsnn_jax: {name}: finishing the current step and saving a checkpoint "
           "(send it again to exit at once)", file=sys.stderr, flush=True)
 

@@ -1,19 +1,19 @@
 """Training loop: data, evaluation, checkpoints and metrics around the jitted steps.
 
 Contract: ``train_and_evaluate(run, workdir) -> Trained``, ``run`` a resolved run
-(``cfsnn_jax.config.resolve``: validated once, at the entry; nothing here validates it
-again). The state and the jitted train / eval steps come from ``steps`` (data parallel over
-every device with one mesh axis ``data``: the batch is sharded, parameters / BN statistics
-are replicated, batch statistics are global). The state (parameters, non-parameter model
-state such as BN statistics and DS-ATGO thresholds, optimizer state, step) and the
-data-iterator state are saved together by orbax every ``checkpoint_every_steps`` (and
-``checkpoint_every_seconds``, on SIGTERM / SIGINT, and at the end), each with the run's
-history (best accuracy, time, images), so a resumed run's records and summary equal an
-uninterrupted run's. What the workdir holds decides fresh / resume / finished / refused
-(``workdir.inspect``, before anything is written); ``guard`` stops the run on a signal or a
-non-finite value (never saved). Only process 0 writes files, all through ``workdir``'s path
-layer (etils.epath). A step's metrics are pulled to the host one step late (``LateMetrics``)
-so that dispatch stays asynchronous.
+(``cfsnn_jax.config.resolve``: validated once, at the entry; nothing here validates it again).
+The state and the jitted train / eval steps come from ``steps`` (data parallel over every device
+with one mesh axis ``data``: the batch is sharded, parameters / BN statistics are replicated,
+batch statistics are global). The state (parameters, non-parameter model state such as BN
+statistics and DS-ATGO thresholds, optimizer state, step) and the data-iterator state are saved
+together by orbax every ``checkpoint_every_steps`` (and ``checkpoint_every_seconds``, on SIGTERM
+/ SIGINT, and at the end), each with the run's history (best accuracy, time, images), so a
+resumed run's records and summary equal an uninterrupted run's. What the workdir holds decides
+fresh / resume / finished / refused (``workdir.inspect``, before anything is written); ``guard``
+stops the run on a signal or a non-finite value (never saved); when the loop fails, closing the
+records and the checkpoint manager cannot mask its error (a full disk: one line). Only process 0
+writes files, all through ``workdir``'s path layer (etils.epath). A step's metrics are pulled to
+the host one step late (``LateMetrics``) so that dispatch stays asynchronous.
 
 ``Trained`` keeps the records apart from the live objects: ``summary`` is plain data (what
 ``summary.json`` holds); ``state``, ``eval_graphdef`` and ``eval_batches`` are what an
@@ -237,10 +237,13 @@ def _train(run: Any, root: Any, description: dict, signals: guard.StopSignals,
         last_saved = done
       if stop:
         raise guard.Interrupted(signals.received or signal.SIGTERM, done, root)
-  finally:
-    bar.close()
-    checkpointing.finish(manager)
-    writer.flush()
+  except BaseException as failure:
+    _close_after(failure, bar, manager, writer)
+    raise
+  bar.close()
+  checkpointing.finish(manager)
+  writer.flush()
+  signals.training_done()  # a signal from here on: the report is finished, then exit 0
 
   train_time = history["train_time_s"]
   ev = history["last_eval"] or evaluate(state, built.eval, eval_batches, built.to_global)
@@ -297,3 +300,18 @@ def _finish(config: Any, root: Any, trained: Trained, writer: MetricWriter,
   if is_writer:
     workdir_lib.write_summary(root, trained.summary)
     print(workdir_lib.summary_line(trained.summary, root), flush=True)
+
+
+def _close_after(failure: BaseException, bar, manager, writer) -> None:
+  """Closes the bar, the checkpoint manager and the records while ``failure`` propagates. A
+  cleanup error must not mask it (on a full disk the TensorBoard flush fails too), except
+  after ``Interrupted``, which promises a saved checkpoint: then the first cleanup error is
+  raised instead."""
+  first = None
+  for close in (bar.close, lambda: checkpointing.finish(manager), writer.flush):
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001
+      first = first or e
+  if first is not None and isinstance(failure, guard.Interrupted):
+    raise first from None

@@ -8,7 +8,9 @@ events from step ``S + 1`` on, so every step is recorded exactly once. ``flush()
 was written durable (called with every checkpoint). Every file goes through ``etils.epath``:
 on an object store (``gs://``) the JSONL is rewritten as a whole at each flush and the
 TensorBoard event file is uploaded by an epath record writer. ``read_metrics(workdir)``
-reports a line that does not parse with ``file:line`` on stderr and skips it.
+reports a line that does not parse (or is not UTF-8) with ``file:line`` on stderr and skips
+it. A filesystem error (a full disk) is a one-line ``UserError`` naming the file, TensorBoard's
+event files included.
 
 TensorBoard contents beyond scalars live in the mixin ``TensorBoardSummaries``, which
 ``MetricWriter`` inherits; it uses only the writer's ``enabled``, ``_tb`` (a tensorboardX
@@ -34,6 +36,7 @@ disabled writer (processes other than 0). What each adds, and its tags:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -48,9 +51,18 @@ from cfsnn_jax.training import workdir as workdir_lib
 METRICS_FILE = "metrics.jsonl"
 
 
-def _parse(path: epath.Path, text: str, *, report: bool = True) -> list[dict]:
+def _parse(path: epath.Path, data: bytes, *, report: bool = True) -> list[dict]:
+  """The records of ``data`` (the file's bytes); a line that is not UTF-8 or not a record is
+  reported as ``file:line`` and skipped."""
   rows = []
-  for number, line in enumerate(text.splitlines(), 1):
+  for number, raw in enumerate(data.split(b"\n"), 1):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      if report:
+        print(f"cfsnn_jax: {path}:{number}: not UTF-8 (byte {e.start + 1}), skipped: "
+              f"{raw[:60]!r}", file=sys.stderr, flush=True)
+      continue
     if not line.strip():
       continue
     try:
@@ -68,7 +80,47 @@ def _parse(path: epath.Path, text: str, *, report: bool = True) -> list[dict]:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   path = workdir_lib.workdir_path(workdir) / METRICS_FILE
-  return _parse(path, path.read_text())
+  return _parse(path, path.read_bytes())
+
+
+class _KeptErrors:
+  """An event file's record writer whose ``OSError`` is kept, not raised: tensorboardX writes
+  from a daemon thread (an error there kills it, prints a traceback and leaves later adds
+  blocked on a full queue) and flushes again at exit. ``error`` is re-raised by the caller on
+  the main thread; after it, writes are dropped."""
+
+  def __init__(self, inner):
+    self.inner, self.error = inner, None
+
+  def _call(self, name: str, *args) -> None:
+    if self.error is None:
+      try:
+        getattr(self.inner, name)(*args)
+      except OSError as e:
+        self.error = e
+
+  def write(self, data: bytes) -> None:
+    self._call("write", data)
+
+  def flush(self) -> None:
+    self._call("flush")
+
+  def close(self) -> None:
+    if self.error is None:
+      self._call("close")
+    else:  # the failed buffer: drop it with the file handle
+      with contextlib.suppress(OSError):
+        self.inner.close()
+
+
+def _keep_errors(tb) -> _KeptErrors | None:
+  """Wraps ``tb``'s event file record writer (tensorboardX internals; None if they differ)."""
+  events = getattr(getattr(tb._get_file_writer(), "event_writer", None), "_ev_writer", None)
+  inner = getattr(events, "_py_recordio_writer", None)
+  if inner is None:
+    return None
+  events._py_recordio_writer = _KeptErrors(inner)
+  return events._py_recordio_writer
 
 
 class _EpathRecordWriter:
@@ -213,7 +265,7 @@ class MetricWriter(TensorBoardSummaries):  # + learning rate, per-layer stats, f
   def __init__(self, workdir: str | os.PathLike, enabled: bool = True, start_step: int = 0):
     self.enabled = enabled
     self._jsonl = None
-    self._tb = None
+    self._tb = self._tb_errors = None
     if not enabled:
       return
     root = workdir_lib.workdir_path(workdir)
@@ -221,7 +273,7 @@ class MetricWriter(TensorBoardSummaries):  # + learning rate, per-layer stats, f
     self._local = workdir_lib.is_local(root)
     try:
       root.mkdir(parents=True, exist_ok=True)
-      old = _parse(self.path, self.path.read_text()) if self.path.exists() else []
+      old = _parse(self.path, self.path.read_bytes()) if self.path.exists() else []
       kept = [r for r in old if r["step"] <= start_step and r["split"] != "summary"]
       self._rows = [json.dumps(r) for r in kept]  # remote: the whole file, rewritten on flush
       if self.path.exists():
@@ -232,9 +284,13 @@ class MetricWriter(TensorBoardSummaries):  # + learning rate, per-layer stats, f
       raise workdir_lib.fs_error(self.path, e) from None
     from tensorboardX import SummaryWriter
     _register_tensorboard_backends()
-    tb_dir = root / "tensorboard"
+    tb_dir = self._tb_dir = root / "tensorboard"
     purge = start_step + 1 if tb_dir.exists() else None
-    self._tb = SummaryWriter(os.fspath(tb_dir), purge_step=purge)
+    try:
+      self._tb = SummaryWriter(os.fspath(tb_dir), purge_step=purge)
+    except OSError as e:
+      raise workdir_lib.fs_error(tb_dir, e) from None
+    self._tb_errors = _keep_errors(self._tb)
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -244,11 +300,11 @@ class MetricWriter(TensorBoardSummaries):  # + learning rate, per-layer stats, f
     line = json.dumps(row)
     try:
       if self._local:
-        self._jsonl.write(line + "\n")
+        self._open_jsonl().write(line + "\n")
       else:
         self._rows.append(line)
     except OSError as e:
-      raise workdir_lib.fs_error(self.path, e) from None
+      raise self._jsonl_failed(e) from None
     for k, v in row.items():
       if k not in ("step", "split"):
         self._tb.add_scalar(f"{split}/{k}", v, int(step))
@@ -258,17 +314,44 @@ class MetricWriter(TensorBoardSummaries):  # + learning rate, per-layer stats, f
       return
     try:
       if self._local:
-        self._jsonl.flush()
+        self._open_jsonl().flush()
         os.fsync(self._jsonl.fileno())
       else:
         self.path.write_text("".join(l + "\n" for l in self._rows))
     except OSError as e:
-      raise workdir_lib.fs_error(self.path, e) from None
-    self._tb.flush()
+      raise self._jsonl_failed(e) from None
+    try:
+      self._tb.flush()
+    except OSError as e:  # tensorboardX raises the raw error of its event file
+      raise workdir_lib.fs_error(self._tb_dir, e) from None
+    self._raise_kept()
+
+  def _open_jsonl(self):
+    if self._jsonl is None:  # closed by a failed write: the error again (the run is stopping)
+      raise self._failed
+    return self._jsonl
+
+  def _jsonl_failed(self, e: OSError) -> Exception:
+    """Closes the JSONL file after a failed write (its unwritable buffer would otherwise be
+    flushed again, and fail again, when the file is collected) and returns the one-line error."""
+    if self._local and self._jsonl is not None:
+      with contextlib.suppress(OSError):
+        self._jsonl.close()
+      self._jsonl = None
+    self._failed = workdir_lib.fs_error(self.path, e)
+    return self._failed
+
+  def _raise_kept(self) -> None:
+    if self._tb_errors is not None and self._tb_errors.error is not None:
+      raise workdir_lib.fs_error(self._tb_dir, self._tb_errors.error)
 
   def close(self) -> None:
     if self.enabled:
       self.flush()
-      if self._local:
-        self._jsonl.close()
-      self._tb.close()
+      try:
+        if self._local:
+          self._open_jsonl().close()
+        self._tb.close()
+      except OSError as e:
+        raise workdir_lib.fs_error(self._tb_dir, e) from None
+      self._raise_kept()

@@ -1,13 +1,15 @@
 """Workdir semantics: fresh / interrupted / finished / mismatched, the run description, the lock.
 
 Contract:
-- ``inspect(workdir, description) -> Status`` reads (never writes) the workdir and says what
-  a run of ``description`` should do there: ``"fresh"`` (no ``config.json``: start),
-  ``"resume"`` (same run, not finished: continue from the latest checkpoint) or
-  ``"finished"`` (``summary.json`` exists: print it and write nothing). A workdir that holds
-  another run (its saved run differs in any field outside ``RUN_ONLY_FIELDS``) raises a
-  one-line ``UserError`` naming the first differing field; so do a workdir that is a file,
-  an unreadable one and an empty ``--workdir``.
+- ``inspect(workdir, description) -> Status`` reads (never writes) the workdir and says what a
+  run of ``description`` should do there: ``"fresh"`` (no ``config.json``, ``run.json`` or
+  checkpoint: start), ``"resume"`` (same run, not finished: continue from the latest checkpoint)
+  or ``"finished"`` (``summary.json`` exists: print it and write nothing). A workdir that holds
+  another run (its saved run differs in any field outside ``RUN_ONLY_FIELDS``) raises a one-line
+  ``UserError`` naming the first differing field; so does a checkpoint whose stored run differs
+  from ``description`` (whatever ``config.json`` / ``run.json`` say, or if they were deleted:
+  they are rewritten on resume), a ``config.json`` that disagrees with ``run.json`` (a hand
+  edit), a workdir that is a file, an unreadable one and an empty ``--workdir``.
 - ``run_description(run)`` -> what a resolved run (``cfsnn_jax.config.resolve``) records:
   the config, every field of its neuron spec (after the preset), its data options, and the
   library versions.
@@ -17,9 +19,13 @@ Contract:
   finished marker ``inspect`` reads); ``summary_line(summary, workdir)`` is the ``final: ...``
   line.
 - ``WorkdirLock(workdir)``: an exclusive lock file ``run.lock`` holding the owner's host,
-  pid, process start time and a random token. ``acquire()`` creates it atomically
-  (``O_EXCL`` on local disks); a lock left by a dead process of this host is taken over, a
-  live or foreign owner refuses with one line. ``release()`` removes it if it is still ours.
+  pid, process start time and a random token. ``acquire()`` creates it atomically and whole
+  (written and fsynced under a temporary name, then hard-linked; a failed write, a full disk,
+  leaves no lock behind); a lock left by a dead process of this host is taken over, a live
+  or foreign owner refuses with one line. A lock naming no owner (empty, not JSON, not an
+  object) is taken over once ``STALE_LOCK_SECONDS`` old, else refused with one line (owner
+  unknown, its age, how to clear it); a directory in its place is refused. ``release()``
+  removes it if it is still ours.
 - Paths, the one layer for everything a run reads or writes in its workdir (``etils.epath``):
   ``workdir_path(s)`` turns the ``--workdir`` string into an ``epath.Path`` (local paths are
   made absolute; ``gs://``, ``s3://`` ... stay URIs and go through epath's fsspec backend, the
@@ -27,7 +33,9 @@ Contract:
   writes a whole file so that a reader sees the old or the new content, never half (local:
   temporary file + ``os.replace``; object stores: a single object upload is already atomic).
   ``fs_error(path, exc)`` turns an ``OSError`` (not a directory, read-only, disk full, ...)
-  into a one-line ``UserError`` naming the path. ``staged_dir(workdir, inputs)`` gives code
+  into a one-line ``UserError`` naming the path (a full disk or quota reads ``no space left
+  on device: <path> (...)`` with the remedy); a failed ``write_text_atomic`` removes its
+  temporary file. ``staged_dir(workdir, inputs)`` gives code
   that only knows local files (matplotlib, the analysis report) a local directory: the
   workdir itself when it is local, otherwise a temporary copy of ``inputs`` whose files are
   uploaded into the workdir on exit.
@@ -46,6 +54,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from importlib import metadata
@@ -55,13 +64,13 @@ from etils import epath
 
 from cfsnn_jax.errors import UserError
 
+# Full disks lead the line (the message the user greps for), with the remedy after the path.
+_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 _REASONS = {errno.ENOTDIR: "is not a directory (a file is in the way)",
             errno.EEXIST: "already exists and is not a directory",
             errno.EACCES: "is not writable (permission denied)",
             errno.EPERM: "is not writable (operation not permitted)",
             errno.EROFS: "is on a read-only filesystem",
-            errno.ENOSPC: "cannot be written: no space left on the device",
-            errno.EDQUOT: "cannot be written: disk quota exceeded",
             errno.ENOENT: "does not exist"}
 
 
@@ -86,6 +95,9 @@ def fs_error(path: epath.Path | str, exc: BaseException) -> UserError:
     code = errno.ENOTDIR
   elif isinstance(exc, PermissionError) and code is None:
     code = errno.EACCES
+  if code in _FULL:
+    return UserError(f"{_FULL[code]}: {path} (free space there, then rerun the same command: "
+                     "it continues from the last checkpoint)")
   reason = _REASONS.get(code)
   if reason is None:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -94,9 +106,9 @@ def fs_error(path: epath.Path | str, exc: BaseException) -> UserError:
 
 
 def write_text_atomic(path: epath.Path, text: str) -> None:
+  tmp = f"{os.fspath(path)}.tmp-{os.getpid()}" if is_local(path) else None
   try:
-    if is_local(path):
-      tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    if tmp is not None:
       with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -105,6 +117,9 @@ def write_text_atomic(path: epath.Path, text: str) -> None:
     else:
       path.write_text(text)
   except OSError as e:
+    if tmp is not None:  # a full disk must not leave the half-written temporary behind
+      with contextlib.suppress(OSError):
+        os.unlink(tmp)
     raise fs_error(path, e) from None
 
 
@@ -191,11 +206,12 @@ def _flatten(tree: Any, prefix: str, out: dict) -> None:
     out[prefix] = tree
 
 
-def first_difference(saved: dict, wanted: dict) -> str | None:
+def first_difference(saved: dict, wanted: dict, there: str = "there",
+                     here: str = "here") -> str | None:
   for key in sorted(set(saved) | set(wanted)):
     if saved.get(key, "<absent>") != wanted.get(key, "<absent>"):
-      return (f"{key} is {json.dumps(saved.get(key, '<absent>'))} there, "
-              f"{json.dumps(wanted.get(key, '<absent>'))} here")
+      return (f"{key} is {json.dumps(saved.get(key, '<absent>'))} {there}, "
+              f"{json.dumps(wanted.get(key, '<absent>'))} {here}")
   return None
 
 
@@ -215,13 +231,40 @@ def inspect(workdir: epath.Path, description: dict) -> Status:
     if exists and not workdir.is_dir():
       raise UserError(f"--workdir {workdir} is a file, not a directory; pick another --workdir")
     has_config = exists and (workdir / CONFIG_FILE).exists()
+    has_run = exists and (workdir / RUN_FILE).exists()
   except OSError as e:
     raise fs_error(workdir, e) from None
-  if not has_config:
-    return Status("fresh", workdir)
-  saved = {"config": _read_json(workdir / CONFIG_FILE)}
-  if (workdir / RUN_FILE).exists():
-    saved = _read_json(workdir / RUN_FILE)
+  # the run stored with each checkpoint: a deleted or replaced config.json / run.json cannot
+  # pass another run's state off as this one's
+  from cfsnn_jax.training import checkpointing  # it imports this module
+  stored = checkpointing.stored_runs(workdir / "checkpoints") if exists else []
+  for step, run in stored:
+    diff = first_difference(comparable(run), comparable(description),
+                            there=f"in its checkpoint step {step}", here="here")
+    if diff:
+      raise UserError(f"--workdir {workdir} holds another run: {diff}; pass a new --workdir "
+                      "(or leave it out) to start fresh, or rerun with that run's settings "
+                      "to resume it")
+  if not (has_config or has_run):  # both deleted: the checkpoints say whose workdir it is
+    if not stored:
+      return Status("fresh", workdir)
+    if (workdir / SUMMARY_FILE).exists():
+      return Status("finished", workdir, _read_json(workdir / SUMMARY_FILE))
+    return Status("resume", workdir)
+  saved = _read_json(workdir / RUN_FILE) if has_run else None
+  if has_config:
+    config = _read_json(workdir / CONFIG_FILE)
+    if saved is not None:
+      diff = first_difference(comparable({"config": config}),
+                              comparable({"config": saved.get("config")}),
+                              there=f"in {CONFIG_FILE}", here=f"in {RUN_FILE}")
+      if diff:
+        raise UserError(f"{workdir / CONFIG_FILE} disagrees with {RUN_FILE} (edited by hand?): "
+                        f"{diff}; config.json is the copy of run.json's config written at the "
+                        "start: undo the edit, or delete config.json (it is rewritten from "
+                        "run.json)")
+    else:
+      saved = {"config": config}
   wanted = description if "neuron_spec" in saved else {"config": description["config"]}
   diff = first_difference(comparable(saved), comparable(wanted))
   if diff and not (workdir / SUMMARY_FILE).exists() and not _has_checkpoint(workdir):
@@ -256,11 +299,12 @@ def write_description(workdir: epath.Path, description: dict, status: Status) ->
            "versions": description["versions"]}
   if status.kind == "fresh" or not (workdir / RUN_FILE).exists():
     run = dict(description, starts=[start])
-    write_text_atomic(workdir / CONFIG_FILE,
-                                json.dumps(description["config"], indent=2) + "\n")
   else:
     run = _read_json(workdir / RUN_FILE)
     run.setdefault("starts", []).append(start)
+  if status.kind == "fresh" or not (workdir / CONFIG_FILE).exists():  # deleted: rewritten
+    write_text_atomic(workdir / CONFIG_FILE,
+                                json.dumps(run["config"], indent=2) + "\n")
   write_text_atomic(workdir / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
 
@@ -284,6 +328,14 @@ def _alive(pid: int, start_time: str | None) -> bool:
   return start_time is None or now is None or now == start_time
 
 
+STALE_LOCK_SECONDS = 30.0  # an unreadable lock file this old has no live writer
+
+
+def _age(seconds: float) -> str:
+  return f"{seconds:.0f} s" if seconds < 120 else (
+      f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
+
+
 class WorkdirLock:
   """See the module docstring. Use as ``with WorkdirLock(path):`` or acquire/release."""
 
@@ -294,51 +346,140 @@ class WorkdirLock:
     self.held = False
 
   def _create(self) -> bool:
+    """Creates the lock file whole or not at all: written and fsynced under a temporary
+    name, then hard-linked to ``run.lock`` (fails if it exists); a failed write (a full
+    disk) removes the temporary. Filesystems without hard links: ``O_EXCL`` + write, and the
+    half-written lock is removed on failure."""
     text = json.dumps(self.owner)
-    if is_local(self.path):
+    if not is_local(self.path):
+      if self.path.exists():  # object stores: no O_EXCL through epath; write, then read back
+        return False
+      self.path.write_text(text)
+      return (self._read_owner()[0] or {}).get("token") == self.owner["token"]
+    path = os.fspath(self.path)
+    tmp = f"{path}.tmp-{os.getpid()}-{self.owner['token'][:8]}"
+    try:
+      _write_synced(tmp, text, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
       try:
-        fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(tmp, path)
       except FileExistsError:
         return False
-      with os.fdopen(fd, "w") as f:
-        f.write(text)
+      except OSError as e:  # no hard links here (some FUSE / SMB / vfat mounts)
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                           errno.EMLINK):
+          raise
+        try:
+          fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+          return False
+        try:
+          _write_fd(fd, text)
+        except OSError:
+          os.unlink(path)
+          raise
       return True
-    if self.path.exists():  # object stores: no O_EXCL through epath; write, then read back
-      return False
-    self.path.write_text(text)
-    return json.loads(self.path.read_text()).get("token") == self.owner["token"]
+    finally:
+      with contextlib.suppress(OSError):
+        os.unlink(tmp)
 
-  def _read_owner(self) -> dict:
+  def _read_owner(self) -> tuple[dict | None, str]:
+    """``(owner record, "")``, or ``(None, what is wrong)``: ``"gone"`` if there is no lock,
+    else why it names no owner."""
     try:
-      return json.loads(self.path.read_text())
-    except (OSError, json.JSONDecodeError):
-      return {}
+      if self.path.is_dir():
+        return None, "is a directory"
+      text = self.path.read_text()
+    except FileNotFoundError:
+      return None, "gone"
+    except (OSError, UnicodeDecodeError) as e:
+      return None, f"cannot be read ({type(e).__name__})"
+    if not text.strip():
+      return None, "is empty"
+    try:
+      owner = json.loads(text)
+    except json.JSONDecodeError:
+      return None, "is not JSON"
+    if not isinstance(owner, dict):
+      return None, f"holds {text.strip()[:20]!r}, not a lock record"
+    if not isinstance(owner.get("host"), str) or not isinstance(owner.get("pid"), int) or \
+       isinstance(owner.get("pid"), bool) or owner["pid"] <= 0:
+      return None, "is not a lock record (no host / pid)"
+    return owner, ""
+
+  def _age_s(self) -> float | None:
+    try:
+      return max(0.0, time.time() - os.stat(os.fspath(self.path)).st_mtime) \
+          if is_local(self.path) else None
+    except OSError:
+      return None
+
+  def _take_over(self, check) -> bool:
+    """Moves the lock aside and removes it if ``check(moved path)`` still holds for what was
+    moved (another run may have replaced it meanwhile: then it is put back)."""
+    stale = self.path.parent / f"{LOCK_FILE}.stale-{self.owner['token'][:8]}"
+    try:
+      self.path.rename(stale)
+    except (FileNotFoundError, FileExistsError):
+      return False
+    if not check(stale):
+      with contextlib.suppress(OSError):
+        if is_local(self.path):
+          os.link(os.fspath(stale), os.fspath(self.path))  # never over a newer lock
+        elif not self.path.exists():
+          stale.rename(self.path)
+      with contextlib.suppress(OSError):
+        stale.unlink()
+      return False
+    stale.unlink(missing_ok=True)
+    return True
+
+  def _unreadable(self, problem: str, last: bool) -> None:
+    """A lock naming no owner: taken over once it is older than ``STALE_LOCK_SECONDS`` (a
+    lock is written whole, so only a crashed or foreign writer leaves such a file), else one
+    line saying what it is and how to clear it. A directory is never removed."""
+    age = self._age_s()
+    old = f"{_age(age)} old" if age is not None else "age unknown"
+    where = f"{self.path} {problem} (owner unknown, {old})"
+    if problem != "is a directory" and age is not None and age >= STALE_LOCK_SECONDS:
+      inode = os.stat(os.fspath(self.path)).st_ino
+      if self._take_over(lambda moved: os.stat(os.fspath(moved)).st_ino == inode):
+        print(f"cfsnn_jax: took over the lock {where}: no run can own it",
+              file=sys.stderr, flush=True)
+      return
+    if not last and problem != "is a directory":
+      time.sleep(0.2)  # perhaps an older version's run writing its lock: look again
+      return
+    remove = "rmdir" if problem == "is a directory" else "rm"
+    wait = "" if problem == "is a directory" else \
+        f"if no run is starting there it is taken over once {STALE_LOCK_SECONDS:.0f} s old, or "
+    raise UserError(f"--workdir {self.path.parent} is locked: {where}; {wait}remove it "
+                    f"({remove} {self.path}) if no run uses this workdir")
 
   def acquire(self) -> "WorkdirLock":
     try:
-      for _ in range(3):
+      attempts = 5
+      for attempt in range(attempts):
         if self._create():
           self.held = True
           return self
-        owner = self._read_owner()
-        if not owner:
-          continue  # being written or just released: try again
-        if owner.get("host") == self.owner["host"] and not _alive(
-            int(owner.get("pid", -1)), owner.get("start_time")):
-          stale = self.path.parent / f"{LOCK_FILE}.stale-{owner.get('pid')}"
-          try:
-            self.path.rename(stale)
-          except (FileNotFoundError, FileExistsError):
-            continue
-          if json.loads(stale.read_text()).get("token") != owner.get("token"):
-            stale.rename(self.path)  # not the stale lock we read: put it back
-            continue
-          stale.unlink(missing_ok=True)
-          print(f"cfsnn_jax: took over the stale lock of dead process {owner.get('pid')} "
-                f"in {self.path.parent}", file=sys.stderr, flush=True)
+        owner, problem = self._read_owner()
+        if owner is None:
+          if problem != "gone":  # else just released: try again
+            self._unreadable(problem, last=attempt == attempts - 1)
           continue
-        raise UserError(f"--workdir {self.path.parent} is in use by pid {owner.get('pid')} on "
-                        f"host {owner.get('host')} (lock file {self.path}); wait for that run, "
+        if owner["host"] == self.owner["host"] and not _alive(owner["pid"],
+                                                              owner.get("start_time")):
+          def same(moved, token=owner.get("token")):
+            try:
+              return json.loads(moved.read_text()).get("token") == token
+            except (OSError, ValueError, AttributeError):
+              return False
+          if self._take_over(same):
+            print(f"cfsnn_jax: took over the stale lock of dead process {owner['pid']} "
+                  f"in {self.path.parent}", file=sys.stderr, flush=True)
+          continue
+        raise UserError(f"--workdir {self.path.parent} is in use by pid {owner['pid']} on "
+                        f"host {owner['host']} (lock file {self.path}); wait for that run, "
                         "or delete the lock file if it is dead")
     except OSError as e:
       raise fs_error(self.path.parent, e) from None
@@ -347,7 +488,7 @@ class WorkdirLock:
   def release(self) -> None:
     if self.held:
       self.held = False
-      if self._read_owner().get("token") == self.owner["token"]:
+      if (self._read_owner()[0] or {}).get("token") == self.owner["token"]:
         self.path.unlink(missing_ok=True)
 
   def __enter__(self) -> "WorkdirLock":
@@ -355,6 +496,26 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def _write_fd(fd: int, text: str) -> None:
+  try:
+    data = text.encode()
+    while data:
+      data = data[os.write(fd, data):]
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _write_synced(path: str, text: str, flags: int) -> None:
+  fd = os.open(path, flags, 0o644)
+  try:
+    _write_fd(fd, text)
+  except OSError:
+    with contextlib.suppress(OSError):
+      os.unlink(path)
+    raise
 
 
 def write_summary(workdir: epath.Path, summary: dict) -> None:
