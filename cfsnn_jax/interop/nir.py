@@ -497,8 +497,9 @@ def _shape_of(node, name: str, ins: list[tuple[int, ...]]) -> tuple[tuple[int, .
     if w.ndim != 2:
       raise _bad(name, f"{type(node).__name__} weight must be [out, in], got shape {w.shape}")
     if x != (w.shape[1],):
+      hint = "; a Flatten before it is missing" if math.prod(x) == w.shape[1] else ""
       raise _bad(name, f"{type(node).__name__} weight {list(w.shape)} takes {w.shape[1]} "
-                 f"features, its input has shape {list(x)}")
+                 f"features, its input has shape {list(x)}{hint}")
     if isinstance(node, nir.Affine):
       b = np.asarray(node.bias)
       if b.size not in (1, w.shape[0]):
@@ -659,7 +660,7 @@ class NIRNetwork(nnx.Module):
     self.order, self.preds = order, preds
     self.kinds: dict[str, str] = {}
     self.statics: dict[str, Any] = {}
-    layers, layer_index = [], {}
+    layers, layer_index, scales = [], {}, []
     for name in order:
       node = graph.nodes[name]
       if isinstance(node, nir.Input):
@@ -692,11 +693,14 @@ class NIRNetwork(nnx.Module):
         self.statics[name] = (len(shapes[preds[name][0]]), shapes[name])
         self.kinds[name] = "flatten"
       elif isinstance(node, nir.Scale):
-        self.statics[name] = _held(statics[name].astype(np.float32), shapes[name])
+        layer_index[name] = len(scales)  # a constant, not a parameter: no optimiser moves it
+        scales.append(nnx.Variable(jnp.asarray(_held(statics[name].astype(np.float32),
+                                                      shapes[name]))))
         self.kinds[name] = "scale"
       else:  # Identity (anything else was refused by _check_graph)
         self.kinds[name] = "identity"
     self.layers = nnx.List(layers)
+    self.scales = nnx.List(scales)
     self.layer_index = layer_index
 
   def __call__(self, x: jax.Array):
@@ -733,7 +737,7 @@ class NIRNetwork(nnx.Module):
         if len(out) == 3:
           v = jnp.transpose(v, (0, 1, 3, 4, 2))
       elif kind == "scale":
-        v = v * self.statics[name]
+        v = v * self.scales[self.layer_index[name]][...]
       values[name] = v
     return values[self.output_name], collect_aux(aux) if aux else None
 
