@@ -222,6 +222,10 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
   finally:
     bar.close()
     checkpointing.finish(manager)
+    # grain's worker processes hand batches over in shared memory; only close() unlinks the
+    # ones still buffered (garbage collection at exit may not, and multiprocessing's resource
+    # tracker then warns of "leaked shared_memory objects")
+    train_iter.close()
     writer.flush()
 
   train_time = history["train_time_s"]
