@@ -10,8 +10,14 @@ Contract:
 - ``import_nir(graph, num_steps) -> NIRNetwork``: an NNX model of our layers (``nnx.Conv``,
   ``nnx.Linear``, ``SpikingNeuron``) that runs a NIR graph of those primitives; same
   ``__call__`` contract as our models (static ``[B, H, W, C]`` or events ``[T, B, H, W, C]``
-  -> ``(logits_TBK, aux[L, T])``), so training, analysis and energy code run on it.
-- ``write_nir(model, path)`` / ``read_nir(path, num_steps)``: the same through a NIR file.
+  -> ``(logits_TBK, aux[L, T])``), so training, analysis and energy code run on it. It takes
+  what other frameworks write: scalar or per-axis conv / pooling parameters, ``Linear`` /
+  ``Affine``, ``Scale``, ``Flatten`` over any dims, IF / LIF with scalar or per-neuron
+  parameters. Every node's shape and parameters are checked here, before a layer is built:
+  what our layers cannot run is one ``UserError`` line naming the node.
+- ``write_nir(model, path)`` / ``read_nir(path, num_steps)``: the same through a NIR file;
+  ``read_graph(path)`` is the reading alone (a missing, non-HDF5, truncated or non-NIR file,
+  or an unknown node type, is one ``UserError`` line naming the file).
 
 Discretisation (NIR neurons are continuous-time; we run Euler steps of ``dt = 1``, stored as
 ``metadata["dt"]``). Our charge ``H_t = lambda U_{t-1} + c x_t`` (``c = 1``, or ``1 - lambda``
