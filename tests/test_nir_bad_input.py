@@ -246,6 +246,21 @@ def _no_type(tmp_path):
   return _edit(tmp_path, lambda g: g["nodes/n"].__delitem__("type"))
 
 
+def _no_edges(tmp_path):
+  return _edit(tmp_path, lambda g: g.__delitem__("edges"))
+
+
+def _nan_weight(tmp_path):
+  def fn(g):
+    del g["nodes/a/weight"]
+    g["nodes/a/weight"] = np.full((3, 4), np.nan)
+  return _edit(tmp_path, fn)
+
+
+def _negative_dt(tmp_path):
+  return _edit(tmp_path, lambda g: g["metadata"].create_dataset("dt", data=-1.0))
+
+
 def _affine_file(tmp_path):
   path = str(tmp_path / "chain.nir")
   nir.write(path, _chain(("a", _affine(5, 4)), ("b", _affine(3, 4))))
@@ -265,6 +280,11 @@ FILES = [
     ("unknown node type string", _unknown_type, T, "node 'a' has type 'Affine2', which NIR"),
     ("node without a type", _no_type, T, "node 'n' has type None"),
     ("node missing a field", _missing_field, T, "not a readable NIR file"),
+    ("no edges", _no_edges, T, "not a readable NIR file (AssertionError: The incoming"),
+    ("NaN weights", _nan_weight, T, "'a': weight must be a finite number or array, got "
+     "array([[nan, nan"),
+    ("negative dt in the metadata", _negative_dt, T, "dt must be a positive number, got -1 "
+     "(the graph's metadata['dt'])"),
     ("affine shapes do not chain", _affine_file, T, "'b': Affine weight [3, 4] takes 4"),
     ("no num_steps", _affine_file, None, "no num_steps in the NIR metadata; pass num_steps="),
 ]

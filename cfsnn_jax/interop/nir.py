@@ -368,7 +368,8 @@ def _array(node, field: str, name: str) -> np.ndarray:
   except (TypeError, ValueError):
     a = None
   if value is None or a is None or a.dtype == object or not np.all(np.isfinite(a)):
-    raise _bad(name, f"{field} must be a finite number or array, got {value!r:.60}")
+    raise _bad(name, f"{field} must be a finite number or array, got "
+               f"{' '.join(repr(value).split())[:60]}")
   return a
 
 
@@ -416,7 +417,7 @@ def _neuron_spec(node, name: str, dt: float = DT) -> tuple[neurons.NeuronSpec, t
 
 def _conv_geometry(node, name: str, chw: tuple[int, ...]):
   """(pads [(lo, hi)] * 2, strides, dilation, out CHW) of a NIR ``Conv2d`` on input ``chw``."""
-  w = np.asarray(node.weight)
+  w = _array(node, "weight", name)
   if w.ndim != 4:
     raise _bad(name, f"Conv2d weight must be [C_out, C_in, kh, kw], got shape {w.shape}")
   groups = int(np.asarray(node.groups).ravel()[0]) if np.size(node.groups) == 1 else 0
@@ -499,7 +500,7 @@ def _shape_of(node, name: str, ins: list[tuple[int, ...]]) -> tuple[tuple[int, .
                  f"{list(x)}")
     return x, None
   if isinstance(node, (nir.Affine, nir.Linear)):
-    w = np.asarray(node.weight)
+    w = _array(node, "weight", name)
     if w.ndim != 2:
       raise _bad(name, f"{type(node).__name__} weight must be [out, in], got shape {w.shape}")
     if x != (w.shape[1],):
@@ -507,13 +508,13 @@ def _shape_of(node, name: str, ins: list[tuple[int, ...]]) -> tuple[tuple[int, .
       raise _bad(name, f"{type(node).__name__} weight {list(w.shape)} takes {w.shape[1]} "
                  f"features, its input has shape {list(x)}{hint}")
     if isinstance(node, nir.Affine):
-      b = np.asarray(node.bias)
+      b = _array(node, "bias", name)
       if b.size not in (1, w.shape[0]):
         raise _bad(name, f"Affine bias of shape {list(b.shape)} for {w.shape[0]} outputs")
     return (int(w.shape[0]),), None
   if isinstance(node, nir.Conv2d):
     *geometry, out = _conv_geometry(node, name, x)
-    b = np.asarray(node.bias)
+    b = _array(node, "bias", name)
     if b.size not in (1, out[0]):
       raise _bad(name, f"Conv2d bias of shape {list(b.shape)} for {out[0]} channels")
     return out, tuple(geometry)
@@ -660,7 +661,7 @@ class NIRNetwork(nnx.Module):
     except (TypeError, ValueError):
       self.dt = float("nan")
     if not self.dt > 0:
-      raise UserError(f"dt must be a positive number, got {dt if dt is not None else meta_dt!r}"
+      raise UserError(f"dt must be a positive number, got {self.dt:g}"
                       + ("" if dt is not None else " (the graph's metadata['dt'])"))
     self.static_input = static_input
     self.order, self.preds = order, preds
