@@ -177,6 +177,8 @@ def test_import_refuses_what_is_not_a_graph_or_a_step_count():
       cnir.import_nir(good, steps)
   with pytest.raises(UserError, match="dt must be a positive number"):
     cnir.import_nir(good, T, dt=0.0)
+  with pytest.raises(UserError, match="neuron_overrides: 'surogate' is not a NeuronSpec field"):
+    cnir.import_nir(_chain(("n", _lif(4)),), T, neuron_overrides={"surogate": "atan"})
   cnir.import_nir(good, T)  # the same graph, well called, imports
 
 

@@ -655,6 +655,10 @@ class NIRNetwork(nnx.Module):
     rngs = rngs or nnx.Rngs(0)
     self.num_steps = int(num_steps)
     order, preds, shapes, statics = _check_graph(graph)
+    unknown = sorted(set(neuron_overrides or {}) - set(neurons.NeuronSpec.__dataclass_fields__))
+    if unknown:
+      raise UserError(f"neuron_overrides: {unknown[0]!r} is not a NeuronSpec field (fields: "
+                      f"{', '.join(neurons.NeuronSpec.__dataclass_fields__)})")
     meta_dt = (graph.metadata or {}).get("dt", DT) if isinstance(graph.metadata, dict) else DT
     try:
       self.dt = float(np.asarray(dt if dt is not None else meta_dt))
