@@ -2,14 +2,19 @@
 ``:tiny`` default and the energy CLI run from an unrelated directory in a fresh venv.
 
 Offline and fast: ``pip wheel --no-deps --no-build-isolation`` on a copy of the sources (the
-checkout stays clean), a ``--system-site-packages`` venv (dependencies come from the running
-interpreter) and ``pip install --no-deps``. The venv's copy must be the one imported, never
-the checkout or an editable install. Wheel size and install time are printed (``-s``).
+checkout stays clean), a ``--system-site-packages`` venv and ``pip install --no-deps``: the
+dependencies come from the environment the suite runs in. Where that is itself a virtual
+environment (the README's ``python3 -m venv v && pip install -e ".[test]"``), a new venv's
+system site is the base interpreter's, so the suite's own site-packages are added to the
+wheel's venv by a ``.pth`` file (plain paths: their ``.pth`` hooks, e.g. an editable
+cfsnn_jax, are not run). The venv's copy must be the one imported, never the checkout or an
+editable install. Wheel size and install time are printed (``-s``).
 """
 
 import glob
 import os
 import shutil
+import site
 import subprocess
 import sys
 import time
@@ -52,6 +57,11 @@ def installed(tmp_path_factory):
   venv = root / "venv"
   _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=root, env=env)
   python = str(venv / "bin" / "python")
+  if sys.prefix != sys.base_prefix:  # the suite runs in a venv: lend the wheel its packages
+    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                   cwd=root, env=env).strip()
+    with open(os.path.join(purelib, "_suite_site_packages.pth"), "w") as f:
+      f.write("".join(p + "\n" for p in site.getsitepackages() if os.path.isdir(p)))
   t0 = time.perf_counter()
   _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", whl], cwd=root,
        env=env)

@@ -12,7 +12,8 @@ Contract:
   augment, stack) into that many worker processes (``mp_prefetch``; for GIL-bound
   augmentation such as AutoAugment; source and augment must then be picklable). Batches are
   the same for any ``num_threads`` / ``worker_count``; the iterator state's format depends on
-  ``worker_count``, so a checkpoint resumes with the same ``worker_count``.
+  ``worker_count``, so a checkpoint resumes with the same ``worker_count``. Workers' batches
+  are copied out of shared memory on arrival (no block outlives its batch).
 - ``eval_batches(source, global_batch_size, ...)`` -> a list-like of per-process batches in
   order, padded to a fixed size with ``"mask"`` (0 on padding) so eval never recompiles.
 """
@@ -85,8 +86,17 @@ def train_iterator(source: RandomAccessSource, global_batch_size: int, seed: int
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=prefetch_buffer),
-        worker_init_fn=_ignore_sigint)
+        worker_init_fn=_ignore_sigint).map(_own_memory)
   return iter(it_ds)
+
+
+def _own_memory(batch: dict) -> dict:
+  """A worker's batch copied out of its shared-memory block, which is unlinked as soon as the
+  block is dropped: a block still referenced at interpreter exit (the last batch, say) is never
+  unlinked (its ``__del__`` fails during shutdown) and multiprocessing's resource tracker
+  warns of "leaked shared_memory objects". The map runs in this process and is stateless, so
+  the iterator's checkpointed state is unchanged."""
+  return {k: np.array(v) for k, v in batch.items()}
 
 
 class EvalBatches:

@@ -14,7 +14,10 @@ template, data_iter)`` -> ``Restored(state, step, metadata)`` tries the steps ne
 a step that fails to restore (any orbax / tensorstore error, an empty directory, missing
 metadata, a checksum that does not match the restored values) is reported in one line on
 stderr, moved aside to ``<workdir>/checkpoints_damaged/`` and the next older step is tried;
-if none restores, one line says so (``UserError``). A full or read-only disk under a save is
+if none restores, one line says so (``UserError``). The data iterator's position is restored
+after the state, on its own: when it does not restore (its file damaged or of another format)
+that is said in one line naming it, the state of that step still resumes and the iterator
+starts afresh. A full or read-only disk under a save is
 one line too (``save`` / ``finish``); orbax's own log records of it (tracebacks from its
 background threads) are dropped. A checkpoint whose tree or shapes do not match the model
 is not damage: it fails with one line naming the mismatch. With no checkpoint it returns
@@ -209,7 +212,11 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any,
             data_iter: Any | None) -> Any:
   """The state of ``step``, no fallback: a mismatch or an unreadable step is one line."""
   try:
-    return _restore_step(manager, step, template, data_iter)[0]
+    state = _restore_step(manager, step, template, None)[0]
+    if data_iter is not None:
+      manager.restore(step, args=ocp.args.Composite(
+          data=grain.checkpoint.CheckpointRestore(data_iter)))
+    return state
   except UserError:
     raise
   except (ValueError, KeyError, TypeError, OSError) as e:
@@ -218,17 +225,31 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any,
 
 
 def _restore_step(manager, step, template, data_iter) -> tuple[Any, dict]:
-  """``template=None`` restores the saved tree as it is (nested dicts of arrays)."""
+  """``template=None`` restores the saved tree as it is (nested dicts of arrays). The data
+  iterator is restored separately (``_restore_data``) after the state proved intact."""
   if template is None:
     items = {"state": ocp.args.StandardRestore()}
   else:
     check_compatible(manager, step, template)
     items = {"state": ocp.args.StandardRestore(_abstract(template))}
-  if data_iter is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   custom = dict(manager.metadata(step).custom_metadata or {})
   return restored["state"], custom
+
+
+def _restore_data(manager, step: int, data_iter: Any) -> None:
+  """Sets ``data_iter`` to its saved position at ``step``; if that fails, says so in one line
+  and leaves the iterator where it was (the run goes on from the restored state)."""
+  before = data_iter.get_state()
+  try:
+    manager.restore(step, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+  except Exception as e:  # noqa: BLE001  any grain / orbax / json error of that one item
+    data_iter.set_state(before)
+    print(f"cfsnn_jax: the data iterator's saved position at step {step} in "
+          f"{manager.directory} does not restore ({_first_line(e)}); resuming the model, "
+          "optimizer and step from it with the training data from a fresh iterator (its order "
+          "differs from an uninterrupted run's)", file=sys.stderr, flush=True)
 
 
 def _first_line(e: BaseException) -> str:
@@ -263,6 +284,8 @@ def restore_newest_intact(manager: ocp.CheckpointManager, template: Any,
       continue
     if damaged and move_damaged:
       _move_aside(manager, damaged)
+    if data_iter is not None:
+      _restore_data(manager, step, data_iter)
     return Restored(state, int(step), custom)
   raise UserError(f"no checkpoint in {manager.directory} restores (steps "
                   f"{', '.join(map(str, steps))} are all damaged); move the workdir aside "

@@ -238,10 +238,14 @@ def _train(run: Any, root: Any, description: dict, signals: guard.StopSignals,
       if stop:
         raise guard.Interrupted(signals.received or signal.SIGTERM, done, root)
   except BaseException as failure:
-    _close_after(failure, bar, manager, writer)
+    _close_after(failure, bar, manager, writer, train_iter)
     raise
   bar.close()
   checkpointing.finish(manager)
+  # grain's worker processes hand batches over in shared memory; only close() unlinks the
+  # ones still buffered (garbage collection at exit may not, and multiprocessing's resource
+  # tracker then warns of "leaked shared_memory objects")
+  train_iter.close()
   writer.flush()
   signals.training_done()  # a signal from here on: the report is finished, then exit 0
 
@@ -302,13 +306,14 @@ def _finish(config: Any, root: Any, trained: Trained, writer: MetricWriter,
     print(workdir_lib.summary_line(trained.summary, root), flush=True)
 
 
-def _close_after(failure: BaseException, bar, manager, writer) -> None:
+def _close_after(failure: BaseException, bar, manager, writer, train_iter) -> None:
   """Closes the bar, the checkpoint manager and the records while ``failure`` propagates. A
   cleanup error must not mask it (on a full disk the TensorBoard flush fails too), except
   after ``Interrupted``, which promises a saved checkpoint: then the first cleanup error is
   raised instead."""
   first = None
-  for close in (bar.close, lambda: checkpointing.finish(manager), writer.flush):
+  for close in (bar.close, lambda: checkpointing.finish(manager), train_iter.close,
+                writer.flush):
     try:
       close()
     except Exception as e:  # noqa: BLE001

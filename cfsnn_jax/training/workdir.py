@@ -155,9 +155,12 @@ def staged_dir(workdir: epath.Path, inputs: Sequence[str] = ()) -> Iterator[str]
 # between the runs of one workdir (README "Runs and workdirs"). Not ``data_workers``: the data
 # iterator's checkpointed state has another format with worker processes (grain mp_prefetch),
 # so a resume with another worker count would find every checkpoint unrestorable.
+# ``model.remat`` changes only what the backward pass keeps in memory: every mode builds the
+# same state tree (tests/test_resume_edges.py checks each model family), so a run may resume
+# with another; were a tree to differ, the restore's tree check refuses it in one line.
 RUN_ONLY_FIELDS = frozenset({
     "progress_bar", "log_every_steps", "analysis_report", "keep_checkpoints",
-    "checkpoint_every_steps", "checkpoint_every_seconds"})
+    "checkpoint_every_steps", "checkpoint_every_seconds", "model.remat"})
 
 CONFIG_FILE, RUN_FILE, SUMMARY_FILE, LOCK_FILE = ("config.json", "run.json", "summary.json",
                                                   "run.lock")
