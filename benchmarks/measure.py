@@ -30,13 +30,14 @@ import jax
 import numpy as np
 
 from benchmarks.cases import Case, case_config, dataset_info
-from cfsnn_jax import onednn_conv
-from cfsnn_jax import steps as step_builder  # run_case has an argument named steps
+from cfsnn_jax.backends import onednn_conv
+from cfsnn_jax.training import steps as step_builder  # run_case has an argument named steps
+from cfsnn_jax.config import resolve
 
 
 def machine() -> dict[str, Any]:
   """CPU model, core count, library versions and devices of this process, and whether its
-  convolution gradients run oneDNN's kernels (``cfsnn_jax.onednn_conv``)."""
+  convolution gradients run oneDNN's kernels (``cfsnn_jax.backends.onednn_conv``)."""
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
@@ -100,13 +101,13 @@ def compile_case(case: Case, compiler_options: dict[str, Any] | None = None,
   all, as the training loop does). Returns ``step`` (the
   compiled executable), ``state``, ``batch``, ``num_params`` and the build / lower / compile
   seconds."""
-  config = case_config(case)
+  run = resolve(case_config(case))  # validated once, as at every entry
   info = dataset_info(case)
   t0 = time.perf_counter()
-  setup = step_builder.create_train_state(config, info, total_steps=1000)
+  setup = step_builder.create_train_state(run, info, total_steps=1000)
   num_params = setup.num_params
   build_s = time.perf_counter() - t0
-  built = step_builder.make_steps(config, setup, devices)
+  built = step_builder.make_steps(run, setup, devices)
   state = built.place(setup.state)
   batch = built.to_global(synthetic_batch(case))
   step_fn = built.train
@@ -119,7 +120,7 @@ def compile_case(case: Case, compiler_options: dict[str, Any] | None = None,
   flops = _flops(compiled)
   if "CfsnnConv" in compiled.as_text():  # XLA does not count custom calls' FLOPs: count the
     with onednn_conv.xla_only():  # same step traced afresh on XLA's convolutions
-      cost = step_builder.make_steps(config, setup, devices).train.lower(
+      cost = step_builder.make_steps(run, setup, devices).train.lower(
           state, batch).cost_analysis()
     flops = float(cost["flops"]) if cost and cost.get("flops") else None
   return {"step": compiled, "compiled": compiled, "state": state, "batch": batch,
@@ -174,7 +175,7 @@ def neuron_suite(num_steps: list[int], batch: int, reps: int = 9) -> list[dict[s
   PN moments) on ``[T, batch, 32, 32, 128]`` float32, for the BPTT / time-loop variants, and
   a ReLU on the same tensor as the floor. Min and median wall time of ``reps`` calls."""
   import jax.numpy as jnp
-  from cfsnn_jax import layers, neurons
+  from cfsnn_jax.neuron import layers, equations as neurons
   spec = neurons.resolve_spec("cf")
 
   def before(x, a):  # autodiff of the scan, statistics from the materialised H

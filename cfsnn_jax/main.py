@@ -7,8 +7,8 @@ misspelt ``--config.x=`` fails with "did you mean"; default: the ``default`` con
 ``--process_id``; on TPU pods and SLURM ``jax.distributed.initialize()`` finds them itself
 with ``--distributed``).
 
-Contract: ``parse_and_validate(argv)`` parses the flags and the config file and validates
-the config against ``config_schema`` (jax is imported only by the neuron check at its end);
+Contract: ``parse_and_validate(argv)`` parses the flags and the config file and validates and
+resolves the config once (``cfsnn_jax.config.resolve``; no jax), which ``run.run`` receives;
 every user mistake (missing or broken config file, unknown variant, misspelt field, wrong
 type, out-of-range value) is a ``UserError``, which the command line prints as one
 ``error: ...`` line (exit status 2, nothing compiled, nothing written). ``--help`` prints
@@ -25,8 +25,8 @@ import time
 
 from absl import app, flags, logging
 
-from cfsnn_jax import config_schema
-from cfsnn_jax.command_line import (Parsed, one_line, define_flags, parse_and_validate,
+from cfsnn_jax.config import schema as config_schema
+from cfsnn_jax.config.command_line import (Parsed, one_line, define_flags, parse_and_validate,
                                     resolve_config_path, shipped_configs)
 from cfsnn_jax.errors import UserError
 
@@ -41,7 +41,8 @@ _PARSED: list[Parsed] = []
 
 def _flags_parser(argv: list[str]) -> list[str]:
   if any(a in ("--help", "-h", "--helpfull", "--helpshort", "-?") for a in argv[1:]):
-    print(__doc__ + "\nFlags:\n" + flags.FLAGS.module_help(sys.modules["cfsnn_jax.command_line"]))
+    flags_help = flags.FLAGS.module_help(sys.modules["cfsnn_jax.config.command_line"])
+    print(__doc__ + "\nFlags:\n" + flags_help)
     sys.exit(0)
   try:
     _PARSED.append(parse_and_validate(argv))
@@ -58,7 +59,7 @@ def main(argv):
   parsed = _PARSED[-1]
   for note in parsed.notes:
     print(note, file=sys.stderr)
-  from cfsnn_jax import xla_cpu
+  from cfsnn_jax.backends import xla_cpu
   xla_cpu.apply()  # CPU-only XLA flags + allocator, before JAX starts (CFSNN_CPU_TUNING=0: off)
   import jax
   if parsed.coordinator_address is not None:
@@ -66,8 +67,8 @@ def main(argv):
                                parsed.process_id)
   elif parsed.distributed:
     jax.distributed.initialize()
-  from cfsnn_jax import run, run_guard
-  from cfsnn_jax.data import pipeline
+  from cfsnn_jax import run
+  from cfsnn_jax.training import guard
   workdir = parsed.workdir
   if workdir is None:  # a fresh directory per run; multi-process runs must share one
     if jax.process_count() > 1:
@@ -76,13 +77,12 @@ def main(argv):
     workdir = os.path.join("workdirs", f"{parsed.config_name}-"
                            f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     print(f"cfsnn_jax: workdir {workdir} (no --workdir given)", flush=True)
-  try:  # device-dependent checks, still before anything is written or compiled
-    pipeline.check_batch_size(parsed.config.batch_size, jax.process_count(), jax.device_count())
-    run.run(parsed.config, workdir)
+  try:  # the run resolved once by parse_and_validate; run.run checks it against the devices
+    run.run(parsed.run, workdir)
   except UserError as e:  # bad input (data errors included): one line; bugs keep the traceback
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
-  except run_guard.Interrupted as e:  # SIGTERM / SIGINT: saved; 128 + signal number
+  except guard.Interrupted as e:  # SIGTERM / SIGINT: saved; 128 + signal number
     print(f"interrupted: {e}", file=sys.stderr)
     sys.exit(e.exit_status)
 

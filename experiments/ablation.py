@@ -101,7 +101,7 @@ def run_one(name: str, seed: int, epochs: int, workdir: str, tiny: bool = False)
       return _with_per_step_stats(json.load(f), workdir)
   config = variant_config(name, seed, epochs, tiny)
   t0 = time.perf_counter()
-  summary = run.run(config, workdir)  # training + the end-of-run report (analysis.json)
+  summary = run.run(config, workdir).summary  # training + the end-of-run report (analysis.json)
   wall = time.perf_counter() - t0
   row = {"variant": name, "seed": seed, "test_accuracy": summary["test_accuracy"],
          "firing_rate": summary["test_firing_rate"], "train_time_s": summary["train_time_s"],

@@ -2,8 +2,10 @@
 persistent JAX compilation cache per test session (a fresh directory, inherited by the CLI
 subprocesses the tests start, so the many identical ``:tiny`` steps compile once)."""
 
+import importlib.util
 import os
 import socket
+import sys
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "")
@@ -17,6 +19,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pytest  # noqa: E402
+
+# The tests import this tree's cfsnn_jax. An editable install of another copy adds an import
+# finder that answers for every cfsnn_jax.* name this tree lacks (a module moved away would
+# then load from the other copy, silently): it is removed when this tree is the one imported.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if (importlib.util.find_spec("cfsnn_jax").origin or "").startswith(_ROOT):
+  sys.meta_path[:] = [f for f in sys.meta_path
+                      if not getattr(f, "__module__", "").startswith("__editable___cfsnn_jax")]
 
 _real_connect = socket.socket.connect
 _real_create_connection = socket.create_connection

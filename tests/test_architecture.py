@@ -1,6 +1,9 @@
-"""Architecture rules (docs/DECISIONS.md, issue 11): the package's imports form no cycle,
-``train`` never imports ``analysis``, the config layer loads without jax or flax, every
-registry's exported names match the registry, and unknown names fail with ``UserError``."""
+"""Architecture rules (docs/ARCHITECTURE.md, docs/DECISIONS.md issues 11 and 22): the package
+root holds at most five modules and the wings are packages; the package's imports form no cycle
+(a lazy package face's names count as imports); ``training`` never imports ``analysis``, calls
+no config validation and has no ``nonlocal``; ``models``, ``neuron`` and ``analysis`` reach
+platform code only through the ``backends`` face; the config layer loads without jax or flax;
+every registry's exported names match the registry, and unknown names fail with ``UserError``."""
 
 import ast
 import os
@@ -37,6 +40,9 @@ def _package_imports() -> dict[str, set[str]]:
       elif isinstance(node, ast.ImportFrom) and node.module:
         targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in paths
                    else node.module for a in node.names]
+      elif (isinstance(node, ast.Assign) and name.count(".") and path.endswith("__init__.py")
+            and any(getattr(t, "id", None) == "_FACE" for t in node.targets)):
+        targets = [f"{name}.{m}" for m in set(ast.literal_eval(node.value).values())]
       else:
         continue
       for t in targets:
@@ -86,7 +92,7 @@ def _reachable(graph, start):
 
 def test_package_imports_have_no_cycle():
   graph = _package_imports()
-  assert len(graph) > 30 and "cfsnn_jax.steps" in graph["cfsnn_jax.train"]
+  assert len(graph) > 30 and "cfsnn_jax.training.steps" in graph["cfsnn_jax.training.loop"]
   assert _find_cycle(graph) is None, " -> ".join(_find_cycle(graph))
 
 
@@ -95,22 +101,96 @@ def test_cycle_finder_sees_a_cycle():
   assert _find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_train_never_imports_analysis_and_analysis_never_imports_train():
+def test_training_never_imports_analysis_and_analysis_never_imports_the_loop():
   graph = _package_imports()
-  assert not {m for m in _reachable(graph, "cfsnn_jax.train")
-              if m.startswith("cfsnn_jax.analysis")}
   for name in graph:
+    if name.startswith("cfsnn_jax.training"):
+      assert not {m for m in _reachable(graph, name) if m.startswith("cfsnn_jax.analysis")}, name
     if name.startswith(("cfsnn_jax.analysis", "cfsnn_jax.data")):
-      assert "cfsnn_jax.train" not in _reachable(graph, name), name
+      assert "cfsnn_jax.training.loop" not in _reachable(graph, name), name
+
+
+def _modules_of(package: str) -> dict[str, ast.Module]:
+  base = os.path.join(PKG, package)
+  out = {}
+  for dirpath, _, files in os.walk(base):
+    for f in files:
+      if f.endswith(".py"):
+        path = os.path.join(dirpath, f)
+        out[os.path.relpath(path, ROOT)] = ast.parse(open(path).read(), path)
+  return out
+
+
+def test_package_root_keeps_at_most_five_modules_and_the_wings_are_packages():
+  root_modules = sorted(f for f in os.listdir(PKG) if f.endswith(".py"))
+  assert len(root_modules) <= 5, root_modules
+  assert {"main.py", "run.py", "errors.py", "__init__.py"} <= set(root_modules)
+  for wing in ("config", "neuron", "training", "backends", "models", "data", "analysis",
+               "interop"):
+    assert os.path.isfile(os.path.join(PKG, wing, "__init__.py")), wing
+
+
+# What "validating the config" is: the schema's checks, the resolution, the device check.
+VALIDATION_CALLS = {"validate_config", "fit_model_fields", "check_field", "resolve",
+                    "neuron_spec", "resolve_spec", "validate_spec", "check_batch_size"}
+
+
+def _called_names(tree: ast.AST) -> set[str]:
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call):
+      f = node.func
+      names.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+  return names
+
+
+def test_training_validates_nothing_again_and_has_no_nonlocal():
+  modules = _modules_of("training")
+  assert "cfsnn_jax/training/loop.py" in modules
+  for path, tree in modules.items():
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Nonlocal)], path
+    assert not _called_names(tree) & VALIDATION_CALLS, (path, _called_names(tree) & VALIDATION_CALLS)
+
+
+def test_the_checks_above_can_fail():
+  tree = ast.parse("def f():\n  x = 0\n  def g():\n    nonlocal x\n  schema.validate_config(c)\n")
+  assert [n for n in ast.walk(tree) if isinstance(n, ast.Nonlocal)]
+  assert "validate_config" in _called_names(tree)
+  assert _platform_names(ast.parse("from cfsnn_jax.backends import onednn_conv")) == [
+      "cfsnn_jax.backends.onednn_conv"]
+
+
+def _platform_names(tree: ast.AST) -> list[str]:
+  """Imports / names of a platform module (anything of ``backends`` but its face)."""
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    elif isinstance(node, ast.Import):
+      mods = [a.name for a in node.names]
+    elif isinstance(node, (ast.Name, ast.Attribute)):
+      mods = [node.id if isinstance(node, ast.Name) else node.attr]
+    else:
+      continue
+    found += [m for m in mods if "onednn" in m.lower() or "xla_cpu" in m.lower()
+              or m.startswith("cfsnn_jax.backends.") or "cpu_schedule" in m]
+  return found
+
+
+@pytest.mark.parametrize("package", ["models", "neuron", "analysis"])
+def test_models_neuron_and_analysis_reach_platform_code_only_through_the_face(package):
+  for path, tree in _modules_of(package).items():
+    assert not _platform_names(tree), (path, _platform_names(tree))
 
 
 def test_config_layer_imports_neither_jax_nor_flax():
   code = ("import sys\n"
-          "from cfsnn_jax import config_schema\n"
+          "import cfsnn_jax.config, cfsnn_jax.neuron.spec\n"
+          "from cfsnn_jax.config import command_line, recipes, resolve, schema\n"
           "from cfsnn_jax.configs import default\n"
-          "c = default.get_config()\n"
-          "config_schema.validate_config(c)\n"
-          "config_schema.neuron_spec(c.neuron)\n"
+          "run = resolve(default.get_config())\n"
+          "assert run.neuron.levels == 4 and run.data_options == {}\n"
+          "command_line.parse_and_validate(['main', '--config=default:tiny'])\n"
           "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax'))\n"
           "print('LOADED', bad)\n")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
@@ -120,8 +200,11 @@ def test_config_layer_imports_neither_jax_nor_flax():
 
 
 def test_registries_export_their_names():
-  from cfsnn_jax import choices, losses, models, neurons, optim, remat
-  from cfsnn_jax.neuron_spec import NEURON_PRESETS, PRESET_NAMES, SURROGATE_NAMES
+  from cfsnn_jax import models
+  from cfsnn_jax.config import choices
+  from cfsnn_jax.neuron import equations as neurons, remat
+  from cfsnn_jax.training import losses, optim
+  from cfsnn_jax.neuron.spec import NEURON_PRESETS, PRESET_NAMES, SURROGATE_NAMES
   assert tuple(models.MODELS) == choices.MODEL_NAMES
   assert tuple(remat.REMATS) == choices.REMAT_NAMES
   assert tuple(neurons.SURROGATES) == SURROGATE_NAMES
@@ -139,7 +222,9 @@ def test_registries_export_their_names():
     ("neurons_fused.run_neuron(None, None, alpha_T=1, decay=1, bptt='x')", "unknown bptt 'x'"),
 ])
 def test_unknown_names_are_user_errors(call, match):
-  from cfsnn_jax import losses, models, neurons, neurons_fused, remat  # noqa: F401
+  from cfsnn_jax import models  # noqa: F401
+  from cfsnn_jax.neuron import equations as neurons, fused as neurons_fused, remat
+  from cfsnn_jax.training import losses
   from cfsnn_jax.errors import UserError
   with pytest.raises(UserError, match=match):
     eval(call)
@@ -147,15 +232,16 @@ def test_unknown_names_are_user_errors(call, match):
 
 @pytest.mark.parametrize("mode", ["on", "off"])
 def test_backend_workarounds_switch_keeps_values_and_gradients(mode, monkeypatch):
-  """The CPU-measured workarounds (``remat.backend_workarounds``) change scheduling only:
+  """The CPU-measured workarounds (``backends.backend_workarounds``) change scheduling only:
   forced on or off, the neuron's time loop and a checkpointed block give the same values and
   gradients as the reference."""
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from cfsnn_jax import neurons, neurons_fused, remat
+  from cfsnn_jax import backends
+  from cfsnn_jax.neuron import equations as neurons, fused as neurons_fused
   monkeypatch.setenv("CFSNN_BACKEND_WORKAROUNDS", mode)
-  assert remat.backend_workarounds() is (mode == "on")
+  assert backends.backend_workarounds() is (mode == "on")
   assert neurons_fused.default_unroll(4) == (True if mode == "on" else 1)
   spec = neurons.resolve_spec("cf")
   x = jax.random.normal(jax.random.key(0), (4, 3, 5)) * 2
@@ -169,5 +255,24 @@ def test_backend_workarounds_switch_keeps_values_and_gradients(mode, monkeypatch
   block = lambda w, x: jnp.tanh(x @ w) @ w.T  # noqa: E731
   w = jax.random.normal(jax.random.key(1), (5, 5))
   g_plain = jax.grad(lambda w: jnp.sum(block(w, x[0])))(w)
-  g_ckpt = jax.grad(lambda w: jnp.sum(remat.checkpoint(block)(w, x[0])))(w)
+  g_ckpt = jax.grad(lambda w: jnp.sum(backends.checkpoint(block)(w, x[0])))(w)
   np.testing.assert_allclose(g_plain, g_ckpt, rtol=1e-5, atol=1e-6)
+
+
+def test_every_package_module_loads_from_this_tree():
+  """A module name the layout no longer has must fail, not load from another installed copy
+  of the package (an editable install's finder answers for names this tree lacks)."""
+  code = ("import importlib, os, sys\n"
+          "root = sys.argv[1]\n"
+          "for d, _, fs in os.walk(os.path.join(root, 'cfsnn_jax')):\n"
+          "  for f in fs:\n"
+          "    if f.endswith('.py') and f != '__main__.py' and 'configs' not in d:\n"
+          "      rel = os.path.relpath(os.path.join(d, f), root)[:-3].replace(os.sep, '.')\n"
+          "      importlib.import_module(rel.removesuffix('.__init__'))\n"
+          "bad = [m.__file__ for n, m in list(sys.modules.items()) if n.startswith('cfsnn_jax')\n"
+          "       and getattr(m, '__file__', None) and not m.__file__.startswith(root)]\n"
+          "print('FOREIGN', bad)\n")
+  out = subprocess.run([sys.executable, "-c", code, ROOT], cwd=ROOT, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "FOREIGN []" in out.stdout, out.stdout

@@ -26,7 +26,9 @@ import jax
 import numpy as np
 import pytest
 
-from cfsnn_jax import main, run, steps
+from cfsnn_jax import main, run
+from cfsnn_jax.training import steps
+from cfsnn_jax.config import resolve
 
 REMATS = ("none", "neuron", "block", "block_full")
 DTYPES = ("float32", "bfloat16")
@@ -85,7 +87,7 @@ def test_combination_trains_with_the_analysis_report(row, tmp_path, devices):
       f"--config.data_workers={row['data_workers']}"])
   config = parsed.config
   devices(row["devices"])
-  summary = run.run(config, parsed.workdir)  # training, then the end-of-run report
+  summary = run.run(config, parsed.workdir).summary  # training, then the end-of-run report
   assert summary["steps"] == config.num_train_steps
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   assert np.isfinite(summary["test_firing_rate"])
@@ -112,7 +114,7 @@ def test_energy_is_the_same_with_and_without_remat(config_name, blocks):
       with config.unlocked():
         config.model.stage_blocks = blocks
     splits = data.load_dataset(config)
-    model = steps.build_model(config, splits.info, nnx.Rngs(params=jax.random.key(0)))
+    model = steps.build_model(resolve(config), splits.info, nnx.Rngs(params=jax.random.key(0)))
     model.eval()
     batches = pipeline.EvalBatches(splits.test, 8, transform=data.eval_transform(
         config, splits.info))

@@ -13,10 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from cfsnn_jax import data, errors, train
+from cfsnn_jax import data, errors
+from cfsnn_jax.training import loop as train
 from cfsnn_jax.configs import cifar10_dvs as cifar10_dvs_config
 from cfsnn_jax.configs import evtouch as evtouch_config
 from cfsnn_jax.data import events, evtouch, fixtures, spikingjelly_layout
+from cfsnn_jax.config import resolve
 from data_test_helpers import make_config, one_line_error
 
 
@@ -332,7 +334,7 @@ def test_tiny_config_trains_on_a_non_original_layout(config_module, layout, over
   config.data.layout = layout
   for k, v in overrides.items():
     config.data[k] = v
-  summary = train.train_and_evaluate(config, tmp_workdir)
+  summary = train.train_and_evaluate(resolve(config), tmp_workdir).summary
   assert summary["steps"] == config.num_train_steps
   assert summary["test_firing_rate"] > 0.0
 

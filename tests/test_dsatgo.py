@@ -13,7 +13,10 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import checkpointing, data, layers, neurons, steps, train
+from cfsnn_jax import data
+from cfsnn_jax.neuron import layers, equations as neurons
+from cfsnn_jax.training import checkpointing, steps, loop as train
+from cfsnn_jax.config import resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -108,13 +111,12 @@ def test_identical_thresholds_on_one_and_four_devices():
 def test_checkpoint_round_trip_keeps_ema(tmp_workdir):
   config = mnist5k_config.get_config("tiny")
   config.neuron.name = "dsatgo"
-  summary = train.train_and_evaluate(config, tmp_workdir)
-  trained_rest = summary["state"]["rest"]
+  trained_rest = train.train_and_evaluate(resolve(config), tmp_workdir).state["rest"]
   emas = [np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(trained_rest)
           if "theta_ema" in jax.tree_util.keystr(p)]
   assert emas and not np.allclose(emas[0], 1.0)  # moved away from its initial 1.0
   info = data.load_dataset(config).info
-  _, _, fresh, _, _ = steps.create_train_state(config, info, 4)
+  _, _, fresh, _, _ = steps.create_train_state(resolve(config), info, 4)
   restored, step = checkpointing.restore_latest(checkpointing.make_manager(tmp_workdir),
                                                 fresh, None)
   assert step == 4

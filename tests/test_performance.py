@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfsnn_jax import config_schema, layers, models, neurons, neurons_fused, steps
+from cfsnn_jax import models
+from cfsnn_jax.config import schema as config_schema
+from cfsnn_jax.neuron import layers, equations as neurons, fused as neurons_fused
+from cfsnn_jax.training import steps
 from cfsnn_jax.data.sources import DatasetInfo
+from cfsnn_jax.config import resolve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -238,8 +242,8 @@ def test_ann_twin_trains_through_the_train_step():
   config.neuron.activation = "relu"
   config.num_steps = 1
   info = DatasetInfo("synthetic", K, (8, 8, 3), static_input=True, synthetic=True)
-  setup = steps.create_train_state(config, info, total_steps=10)
-  built = steps.make_steps(config, setup)
+  setup = steps.create_train_state(resolve(config), info, total_steps=10)
+  built = steps.make_steps(resolve(config), setup)
   step, state = built.train, built.place(setup.state)
   batch = built.to_global(_batch(np.random.default_rng(0), (8, 8, 3)))
   losses = []
@@ -277,8 +281,8 @@ def test_train_and_eval_steps_compile_once_across_steps_and_epochs():
   cache)."""
   config = _train_config()
   info = DatasetInfo("synthetic", K, (8, 8, 3), static_input=True, synthetic=True)
-  setup = steps.create_train_state(config, info, 100)
-  built = steps.make_steps(config, setup)
+  setup = steps.create_train_state(resolve(config), info, 100)
+  built = steps.make_steps(resolve(config), setup)
   p_train, p_eval, state = built.train, built.eval, built.place(setup.state)
   rng = np.random.default_rng(0)
   batches = [built.to_global(_batch(rng, (8, 8, 3))) for _ in range(4)]
@@ -340,7 +344,7 @@ def test_peer_models_have_the_tet_parameter_count():
   frameworks (SpikingJelly side skipped when the optional ``peers`` extra is missing)."""
   from benchmarks.cases import BENCH_MODELS, Case, case_config, dataset_info
   config = case_config(Case("resnet19_tet", 4, 8))
-  model = steps.build_model(config, dataset_info(Case("resnet19_tet", 4, 8)),
+  model = steps.build_model(resolve(config), dataset_info(Case("resnet19_tet", 4, 8)),
                             nnx.Rngs(jax.random.key(0)))
   assert models.count_params(model) == 12_653_988
   pytest.importorskip("torch")
@@ -392,7 +396,7 @@ def test_op_profile_classifies_the_three_convolutions_of_a_gradient():
   docs/PERFORMANCE.md) tell forward, input-gradient and weight-gradient convs apart, by
   library."""
   from benchmarks.op_profile import classify
-  from cfsnn_jax import xla_cpu
+  from cfsnn_jax.backends import xla_cpu
   x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
 
   def loss(x, w):

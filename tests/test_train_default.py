@@ -8,8 +8,11 @@ import sys
 import jax
 import pytest
 
-from cfsnn_jax import config_schema, run, train
-from cfsnn_jax.metric_writers import read_metrics
+from cfsnn_jax import run
+from cfsnn_jax.config import schema as config_schema
+from cfsnn_jax.training import loop as train
+from cfsnn_jax.training.metric_writers import read_metrics
+from cfsnn_jax.config import resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -18,7 +21,7 @@ from configs import default as default_config  # noqa: E402
 
 def test_tiny_default_trains_and_writes_workdir(tmp_workdir):
   config = default_config.get_config("tiny")
-  summary = run.run(config, tmp_workdir)
+  summary = run.run(config, tmp_workdir).summary
   assert summary["steps"] == 6
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   files = os.listdir(tmp_workdir)
@@ -41,7 +44,7 @@ def test_tiny_default_trains_and_writes_workdir(tmp_workdir):
 def test_default_reaches_95_percent_on_digits(tmp_workdir):
   config = default_config.get_config()
   config.progress_bar = False
-  summary = train.train_and_evaluate(config, tmp_workdir)
+  summary = train.train_and_evaluate(resolve(config), tmp_workdir).summary
   assert summary["test_accuracy"] >= 0.95, summary
 
 
@@ -68,7 +71,7 @@ def test_bad_config_fails_before_compilation(field, value, match, tmp_workdir, m
     raise AssertionError("compiled before validating the config")
   monkeypatch.setattr(jax, "jit", no_compile)
   with pytest.raises(ValueError, match=match) as e:
-    train.train_and_evaluate(config, tmp_workdir)
+    train.train_and_evaluate(resolve(config), tmp_workdir)
   assert "\n" not in str(e.value)
   assert not os.path.exists(tmp_workdir)  # nothing written either
 

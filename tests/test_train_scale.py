@@ -17,7 +17,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import checkpointing, data, optim, run, steps, train
+from cfsnn_jax import data, run
+from cfsnn_jax.config import resolve
+from cfsnn_jax.training import checkpointing, optim, steps, loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -27,7 +29,7 @@ from configs import mnist5k as mnist5k_config  # noqa: E402
 
 def _grads_on(devices, config, batch):
   info = data.load_dataset(config).info
-  graphdef, _, state, _, _ = steps.create_train_state(config, info, 10)
+  graphdef, _, state, _, _ = steps.create_train_state(resolve(config), info, 10)
   mesh = steps.make_mesh(devices)
   rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   params, rest = jax.device_put((state["params"], state["rest"]), rep)
@@ -98,7 +100,7 @@ def test_sigkill_then_resume_is_bitwise_equal(tmp_path):
 
 def test_interrupted_save_never_becomes_latest(tmp_workdir):
   config = default_config.get_config("tiny")  # checkpoints at steps 3 and 6
-  train.train_and_evaluate(config, tmp_workdir)
+  train.train_and_evaluate(resolve(config), tmp_workdir)
   ckpt_dir = os.path.join(tmp_workdir, "checkpoints")
   # a save that died half-way: orbax's temporary directory, never renamed
   partial = os.path.join(ckpt_dir, "9.orbax-checkpoint-tmp-1234")
@@ -108,20 +110,20 @@ def test_interrupted_save_never_becomes_latest(tmp_workdir):
   manager = checkpointing.make_manager(tmp_workdir)
   assert manager.latest_step() == 6
   info = data.load_dataset(config).info
-  _, _, state, _, _ = steps.create_train_state(config, info, 6)
+  _, _, state, _, _ = steps.create_train_state(resolve(config), info, 6)
   restored, step = checkpointing.restore_latest(manager, state, None)
   assert step == 6 and int(restored["step"]) == 6
 
 
 def test_incompatible_checkpoint_fails_with_one_line(tmp_workdir):
   config = default_config.get_config("tiny")
-  train.train_and_evaluate(config, tmp_workdir)
+  train.train_and_evaluate(resolve(config), tmp_workdir)
   config.model.hidden = (16,)
   with pytest.raises(ValueError, match="holds another run: model.hidden") as e:
-    train.train_and_evaluate(config, tmp_workdir)  # refused from config.json, before writing
+    train.train_and_evaluate(resolve(config), tmp_workdir)  # refused from config.json, before writing
   assert "\n" not in str(e.value)
   info = data.load_dataset(config).info
-  _, _, state, _, _ = steps.create_train_state(config, info, 6)
+  _, _, state, _, _ = steps.create_train_state(resolve(config), info, 6)
   with pytest.raises(ValueError, match="does not match this model/config") as e:
     checkpointing.restore_latest(checkpointing.make_manager(tmp_workdir), state, None)
   assert "\n" not in str(e.value)
@@ -130,9 +132,9 @@ def test_incompatible_checkpoint_fails_with_one_line(tmp_workdir):
 def test_init_from_copies_parameters_not_optimizer(tmp_path):
   config = default_config.get_config("tiny")
   src = str(tmp_path / "src")
-  trained = train.train_and_evaluate(config, src)["state"]
+  trained = train.train_and_evaluate(resolve(config), src).state
   info = data.load_dataset(config).info
-  _, _, fresh, _, _ = steps.create_train_state(config, info, 6)
+  _, _, fresh, _, _ = steps.create_train_state(resolve(config), info, 6)
   tuned = checkpointing.init_from(src, fresh)
   for x, y in zip(jax.tree.leaves(tuned["params"]), jax.tree.leaves(trained["params"])):
     np.testing.assert_array_equal(x, y)
@@ -142,14 +144,14 @@ def test_init_from_copies_parameters_not_optimizer(tmp_path):
   # fine-tuning with another optimizer / clipping: only params and rest must match
   other = default_config.get_config("tiny")
   other.optimizer.name, other.optimizer.grad_clip = "sgd", 1.0
-  _, _, fresh_sgd, _, _ = steps.create_train_state(other, info, 6)
+  _, _, fresh_sgd, _, _ = steps.create_train_state(resolve(other), info, 6)
   tuned = checkpointing.init_from(src, fresh_sgd)
   for x, y in zip(jax.tree.leaves(tuned["params"]), jax.tree.leaves(trained["params"])):
     np.testing.assert_array_equal(x, y)
   assert jax.tree.structure(tuned["opt_state"]) == jax.tree.structure(fresh_sgd["opt_state"])
   wider = default_config.get_config("tiny")
   wider.model.hidden = (48,)
-  _, _, fresh_wide, _, _ = steps.create_train_state(wider, info, 6)
+  _, _, fresh_wide, _, _ = steps.create_train_state(resolve(wider), info, 6)
   with pytest.raises(checkpointing.MismatchError,
                      match=r"params/.* has shape .* in the checkpoint, .* in the model"):
     checkpointing.init_from(src, fresh_wide)
@@ -159,14 +161,15 @@ def test_batch_size_not_divisible_by_devices(tmp_workdir):
   config = default_config.get_config("tiny")
   config.batch_size = 6
   with pytest.raises(ValueError, match="batch_size 6 is not divisible by the device count 4"):
-    train.train_and_evaluate(config, tmp_workdir)
+    run.run(config, tmp_workdir)  # the entry checks the batch against the devices, once
+  assert not os.path.exists(tmp_workdir)  # before anything is written
 
 
 def test_bfloat16_compute_keeps_float32_parameters(tmp_workdir):
   config = default_config.get_config("tiny")
   config.compute_dtype = "bfloat16"
-  summary = run.run(config, tmp_workdir)
-  leaves = jax.tree.leaves(summary["state"]["params"])
+  trained = run.run(config, tmp_workdir)
+  leaves = jax.tree.leaves(trained.state["params"])
   assert all(x.dtype == jnp.float32 for x in leaves)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
   assert os.path.exists(os.path.join(tmp_workdir, "curves.png"))
@@ -176,7 +179,7 @@ def test_weight_decay_mask_skips_bn_bias_and_neuron_parameters():
   config = mnist5k_config.get_config("tiny")
   config.neuron.charge = "plif"
   info = data.load_dataset(config).info
-  _, _, state, _, _ = steps.create_train_state(config, info, 10)
+  _, _, state, _, _ = steps.create_train_state(resolve(config), info, 10)
   mask = optim.decay_mask(state["params"])
   flat = {"/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)): v
           for path, v in jax.tree_util.tree_leaves_with_path(mask)}
@@ -208,10 +211,11 @@ jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 sys.path.insert(0, os.getcwd())
 import numpy as np
 from configs import default
-from cfsnn_jax import train
+from cfsnn_jax.training import loop as train
+from cfsnn_jax.config import resolve
 config = default.get_config("tiny")
-summary = train.train_and_evaluate(config, sys.argv[3])
-leaves = jax.tree.leaves(summary["state"]["params"])
+trained = train.train_and_evaluate(resolve(config), sys.argv[3])
+leaves = jax.tree.leaves(trained.state["params"])
 total = sum(float(np.asarray(jax.device_get(x.addressable_data(0))).astype(np.float64).sum())
             for x in leaves)
 print("PARAMSUM", repr(total), jax.process_count(), jax.device_count())

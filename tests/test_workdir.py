@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from cfsnn_jax import checkpointing, config_schema, run_paths, workdir
+from cfsnn_jax.config import schema as config_schema
+from cfsnn_jax.training import checkpointing, workdir as workdir_lib, workdir
 from cfsnn_jax.errors import UserError
-from cfsnn_jax.metric_writers import MetricWriter, read_metrics
+from cfsnn_jax.training.metric_writers import MetricWriter, read_metrics
+from cfsnn_jax.config import resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -23,9 +25,9 @@ from configs import default as default_config  # noqa: E402
 
 
 def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
-  root = run_paths.workdir_path(str(tmp_path / "run"))
+  root = workdir_lib.workdir_path(str(tmp_path / "run"))
   config = default_config.get_config("tiny")
-  desc = workdir.run_description(config)
+  desc = workdir.run_description(resolve(config))
   assert set(desc["neuron_spec"]) >= {"levels", "surrogate", "alpha", "reset"}
   assert desc["neuron_spec"]["levels"] == 4  # resolved from the cf preset
   assert {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
@@ -35,35 +37,35 @@ def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
   status = workdir.inspect(root, desc)
   workdir.write_description(root, desc, status)
   config.progress_bar, config.log_every_steps = True, 7  # run-only: still the same run
-  assert workdir.inspect(root, workdir.run_description(config)).kind == "resume"
+  assert workdir.inspect(root, workdir.run_description(resolve(config))).kind == "resume"
   from configs import cifar10 as cifar10_config  # tuple-valued data options (mean, std)
   image = cifar10_config.get_config("tiny")
-  image_root = run_paths.workdir_path(str(tmp_path / "image"))
+  image_root = workdir_lib.workdir_path(str(tmp_path / "image"))
   image_root.mkdir()
-  image_desc = workdir.run_description(image)
+  image_desc = workdir.run_description(resolve(image))
   assert isinstance(image_desc["data_options"]["mean"], list)
   workdir.write_description(image_root, image_desc, workdir.inspect(image_root, image_desc))
-  assert workdir.inspect(image_root, workdir.run_description(image)).kind == "resume"
+  assert workdir.inspect(image_root, workdir.run_description(resolve(image))).kind == "resume"
   config.optimizer.learning_rate = 0.5
   # stopped before its first checkpoint (a wrong data_dir, say): the corrected run starts afresh
-  assert workdir.inspect(root, workdir.run_description(config)).kind == "fresh"
+  assert workdir.inspect(root, workdir.run_description(resolve(config))).kind == "fresh"
   (root / "checkpoints" / "3.orbax-checkpoint-tmp-1").mkdir(parents=True)  # unfinished save
-  assert workdir.inspect(root, workdir.run_description(config)).kind == "fresh"
+  assert workdir.inspect(root, workdir.run_description(resolve(config))).kind == "fresh"
   (root / "checkpoints" / "3").mkdir()
   with pytest.raises(UserError, match=r"holds another run: optimizer.learning_rate is 0.003 "
                      r"there, 0.5 here; pass a new --workdir"):
-    workdir.inspect(root, workdir.run_description(config))
+    workdir.inspect(root, workdir.run_description(resolve(config)))
   config.optimizer.learning_rate = 0.003
   config.data_workers = 1  # the data iterator's saved state depends on it: not run-only
   with pytest.raises(UserError, match=r"holds another run: data_workers is 0 there, 1 here"):
-    workdir.inspect(root, workdir.run_description(config))
+    workdir.inspect(root, workdir.run_description(resolve(config)))
   (root / "summary.json").write_text(json.dumps({"test_accuracy": 0.5}))
   status = workdir.inspect(root, desc)
   assert status.kind == "finished" and status.summary == {"test_accuracy": 0.5}
 
 
 def test_lock_refuses_live_and_foreign_owners_and_takes_over_stale(tmp_path, capsys):
-  root = run_paths.workdir_path(str(tmp_path))
+  root = workdir_lib.workdir_path(str(tmp_path))
   first = workdir.WorkdirLock(root).acquire()
   with pytest.raises(UserError, match=f"in use by pid {os.getpid()} on host"):
     workdir.WorkdirLock(root).acquire()
@@ -190,10 +192,10 @@ def memory_gcs(monkeypatch, tmp_path):
 
 
 def test_gs_workdir_goes_through_epath(memory_gcs, tmp_path):
-  root = run_paths.workdir_path("gs://bucket/run")
-  assert str(root) == "gs://bucket/run" and not run_paths.is_local(root)
+  root = workdir_lib.workdir_path("gs://bucket/run")
+  assert str(root) == "gs://bucket/run" and not workdir_lib.is_local(root)
   config = default_config.get_config("tiny")
-  desc = workdir.run_description(config)
+  desc = workdir.run_description(resolve(config))
   status = workdir.inspect(root, desc)
   assert status.kind == "fresh"
   root.mkdir(parents=True, exist_ok=True)
@@ -215,7 +217,7 @@ def test_gs_workdir_goes_through_epath(memory_gcs, tmp_path):
     MetricWriter(str(root), start_step=1).close()
     assert [r["step"] for r in read_metrics("gs://bucket/run")] == [1]
     from cfsnn_jax.analysis import curves
-    with run_paths.staged_dir(root, inputs=("metrics.jsonl",)) as local:
+    with workdir_lib.staged_dir(root, inputs=("metrics.jsonl",)) as local:
       curves.plot_training_curves(local)
     assert memory_gcs.exists("bucket/run/curves.png")
     manager = checkpointing.make_manager("gs://bucket/run")
@@ -224,15 +226,15 @@ def test_gs_workdir_goes_through_epath(memory_gcs, tmp_path):
     manager.close()
   assert not memory_gcs.exists("bucket/run/run.lock")
   assert workdir.inspect(root, desc).kind == "resume"
-  run_paths.write_text_atomic(root / "summary.json", json.dumps({"test_accuracy": 1.0}))
+  workdir_lib.write_text_atomic(root / "summary.json", json.dumps({"test_accuracy": 1.0}))
   assert workdir.inspect(root, desc).kind == "finished"
   assert not os.path.exists(tmp_path / "gs:")
 
 
 def test_second_ctrl_c_exits_at_once():
   code = ("import os, signal, time\n"
-          "from cfsnn_jax import run_guard\n"
-          "with run_guard.StopSignals() as stop:\n"
+          "from cfsnn_jax.training import guard\n"
+          "with guard.StopSignals() as stop:\n"
           "  os.kill(os.getpid(), signal.SIGINT)\n"
           "  print('noted', stop.received, flush=True)\n"
           "  os.kill(os.getpid(), signal.SIGINT)\n"

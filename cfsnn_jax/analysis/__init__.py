@@ -1,7 +1,30 @@
 """Analyses of trained (or fresh) spiking models: numbers and matplotlib plots.
 
-Modules never import ``cfsnn_jax.train`` (and ``train`` never imports them: ``run.run``
+Modules never import ``cfsnn_jax.training.loop`` (and the loop never imports them: ``run.run``
 writes the end-of-run report); they take models, parameters, batches or a workdir. The energy
 CLI (``python -m cfsnn_jax.analysis.energy``: ``energy/__main__.py`` -> ``energy_cli``)
-rebuilds a run's state with ``cfsnn_jax.steps``. docs/ANALYSIS.md states every counting rule.
+rebuilds a run's state with ``cfsnn_jax.training.steps``. docs/ANALYSIS.md states every
+counting rule.
+
+The package face (docs/API.md) is lazy: a name of ``_FACE`` loads its module at first use.
 """
+
+import importlib
+
+_FACE = {  # name -> module of this package that defines it
+    "measure_energy": "energy", "energy_markdown": "energy", "trace_synaptic_ops": "energy",
+    "collect_spiking_stats": "spiking_stats", "gradient_available_share": "spiking_stats",
+    "write_training_report": "report", "plot_training_curves": "curves",
+    "plot_firing_rates": "plots",
+}
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name):
+  if name not in _FACE:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
+
+
+def __dir__():
+  return sorted(list(globals()) + __all__)

@@ -5,8 +5,8 @@ It rebuilds the training state of ``--config`` (``steps.create_train_state``, im
 ``--workdir`` if there is one (fresh parameters otherwise,
 said on stdout), runs ``--num_batches`` test batches, prints the per-layer table and writes
 ``energy.json`` + ``energy.md`` into the workdir. Flags are parsed in ``run()`` by
-``cfsnn_jax.command_line.parse_and_validate`` (a config path or name, ``:tiny``, the config schema,
-one ``error:`` line per bad input) on a private flag set, so this module can be imported
+``cfsnn_jax.config.command_line.parse_and_validate`` (a config path or name, ``:tiny``, the
+config schema, one ``error:`` line per bad input) on a private flag set, so this module can be imported
 next to ``cfsnn_jax.main``.
 """
 
@@ -17,17 +17,22 @@ import sys
 
 
 def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float) -> int:
+  """``config``: a config (validated and resolved here, the entry of a library call) or the
+  resolved run ``run()`` parsed."""
   from flax import nnx
 
-  from cfsnn_jax import checkpointing, config_schema, data, steps
+  from cfsnn_jax import data
   from cfsnn_jax.analysis import energy, spiking_stats
+  from cfsnn_jax.config import resolve
   from cfsnn_jax.data import pipeline
+  from cfsnn_jax.training import checkpointing, steps
 
-  config_schema.validate_config(config)
-  _check_same_run(config, workdir)
+  resolved = resolve(config)
+  config = resolved.config
+  _check_same_run(resolved, workdir)
   splits = data.load_dataset(config)
   info = splits.info
-  setup = steps.create_train_state(config, info, 1)
+  setup = steps.create_train_state(resolved, info, 1)
   eval_graphdef, state, num_params = setup.eval_graphdef, setup.state, setup.num_params
   where = "fresh parameters (no checkpoint)"
   manager = spiking_stats.read_only_checkpoints(workdir)  # a run may still be writing there
@@ -56,18 +61,17 @@ def _define_flags(fv) -> None:
   flags.DEFINE_float("e_ac", 0.9, "Energy of one accumulate in pJ (45 nm).", flag_values=fv)
 
 
-def _check_same_run(config, workdir: str) -> None:
+def _check_same_run(run, workdir: str) -> None:
   """A workdir trained with another config (say ``--config.neuron.name=lif``) whose parameters
   happen to fit this one's model would be measured silently as this config's model: refused
   with one line naming the first differing field (the run-only fields may differ, and so may
   ``model.remat``: it changes only the backward pass's memory, never the forward values)."""
   import json
 
-  from cfsnn_jax import run_paths
-  from cfsnn_jax import workdir as workdir_lib
   from cfsnn_jax.errors import UserError
-  path = run_paths.workdir_path(workdir)
-  description = workdir_lib.run_description(config)
+  from cfsnn_jax.training import workdir as workdir_lib
+  path = workdir_lib.workdir_path(workdir)
+  description = workdir_lib.run_description(run)
   try:
     saved = json.loads((path / workdir_lib.CONFIG_FILE).read_text())
     description["config"]["model"]["remat"] = saved["model"]["remat"]
@@ -87,7 +91,7 @@ def run(argv: list[str] | None = None) -> None:
   ``--num_batches``, ``--e_mac``, ``--e_ac``; every bad input is one ``error:`` line."""
   from absl import logging
 
-  from cfsnn_jax import command_line as cli
+  from cfsnn_jax.config import command_line as cli
   from cfsnn_jax.errors import UserError
 
   argv = list(sys.argv if argv is None else argv)
@@ -104,7 +108,7 @@ def run(argv: list[str] | None = None) -> None:
       if not fv[name].value > 0:
         raise UserError(f"--{name}={fv[name].value}: expected an energy > 0 (pJ)")
     logging.set_verbosity(logging.WARNING)
-    sys.exit(main(parsed.config, parsed.workdir, fv["num_batches"].value, fv["e_mac"].value,
+    sys.exit(main(parsed.run, parsed.workdir, fv["num_batches"].value, fv["e_mac"].value,
                   fv["e_ac"].value))
   except UserError as e:  # bad input: one clear line; bugs keep the traceback
     print(f"error: {e}", file=sys.stderr)

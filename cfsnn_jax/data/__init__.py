@@ -30,9 +30,17 @@ from cfsnn_jax.data import (augment, cifar, cifar10_dvs, dvs_gesture, embedded, 
 from cfsnn_jax.data.options import data_options, default_data_config, event_augment_recipe
 from cfsnn_jax.data.sources import DataError, DatasetInfo, DatasetSplits
 
-__all__ = ["DATASETS", "DataError", "default_data_config", "data_options", "eval_transform",
-           "event_augment_recipe",
-           "load_dataset", "train_augment", "validate_dataset_name"]
+__all__ = ["DATASETS", "DataError", "EvalBatches", "default_data_config", "data_options",
+           "eval_transform", "event_augment_recipe", "load_dataset", "train_augment",
+           "train_iterator", "validate_dataset_name"]
+_PIPELINE = ("EvalBatches", "train_iterator")  # loaded at first use: grain stays unloaded
+
+
+def __getattr__(name):
+  if name in _PIPELINE:
+    from cfsnn_jax.data import pipeline
+    return getattr(pipeline, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 DATASETS: dict[str, Callable[[Any], DatasetSplits]] = {
     "digits": embedded.load_digits,

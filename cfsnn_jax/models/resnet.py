@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfsnn_jax import choices
+from cfsnn_jax.config import choices
 from cfsnn_jax.errors import UserError, unknown_choice
-from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
+from cfsnn_jax.neuron.layers import NeuronFactory, collect_aux, per_step
 from cfsnn_jax.models.common import (PADDINGS, TimeBatchNorm, bn_neuron, call_module,
                                      check_hwc, check_model_input, conv, init_model,
                                      to_time_major)
-from cfsnn_jax.remat import remat_block
+from cfsnn_jax.neuron.remat import remat_block
 
 RESIDUALS = ("standard", "sew_add")
 # The classifier head: "biased" (TET): ``FC hidden (bias) -> neuron -> FC classes (bias)``;

@@ -32,7 +32,8 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from cfsnn_jax import choices, neuron_spec as neuron_spec_lib
+from cfsnn_jax.config import choices
+from cfsnn_jax.neuron import spec as neuron_spec_lib
 from cfsnn_jax.errors import UserError, unknown_choice
 
 MAX_NUM_STEPS = 512  # T above this: scans / per-step parameters too long to compile sensibly
@@ -279,7 +280,7 @@ def make_tiny(c: ml_collections.ConfigDict, steps: int = 3, batch_size: int = 8)
 
 def describe() -> str:
   """The schema as text for ``--help``: one line per field (path, type, range, doc)."""
-  lines = ["Config fields (--config.FIELD=VALUE; cfsnn_jax/config_schema.py):"]
+  lines = ["Config fields (--config.FIELD=VALUE; cfsnn_jax/config/schema.py):"]
 
   def add(f: Field, indent: str = "  ") -> None:
     rng = f.range_text()
@@ -408,8 +409,10 @@ def fit_model_fields(config: Any, overridden: Iterable[str] = ()) -> list[str]:
   return notes
 
 
-def validate_config(config: Any, *, require_data_dir: bool = False) -> None:
-  """Rejects bad names, types and numbers with one line, before data loading or compilation.
+def validate_config(config: Any, *, require_data_dir: bool = False
+                    ) -> neuron_spec_lib.NeuronSpec:
+  """Rejects bad names, types and numbers with one line, before data loading or compilation;
+  returns the resolved ``NeuronSpec`` (``resolved.resolve`` keeps it).
 
   ``require_data_dir``: also refuse an empty ``data_dir`` for the datasets that read their own
   files (the CLI sets it; a full recipe config legitimately ships with it empty).
@@ -459,7 +462,7 @@ def validate_config(config: Any, *, require_data_dir: bool = False) -> None:
   for f in NEURON_FIELDS:
     if _has(config, f.path):
       check_field(f, _get(config, f.path))
-  neuron_spec(config.neuron)  # preset names and the neuron's own consistency rules
+  return neuron_spec(config.neuron)  # preset names and the neuron's own consistency rules
 
 
 def neuron_spec(neuron_cfg: Any) -> neuron_spec_lib.NeuronSpec:

@@ -22,7 +22,7 @@ Contract:
   alpha, DS-ATGO EMA threshold and decay (``layer_name``: its module path), for logs.
 - ``spec.activation == "relu"``: the ANN twin (performance reference): ReLU in place of the
   neuron, no parameters, an all-zero ``NeuronStats`` of the same shape.
-- ``remat=True`` checkpoints the neuron (``remat.checkpoint``: its backward recomputes the
+- ``remat=True`` checkpoints the neuron (``backends.checkpoint``: its backward recomputes the
   time loop from the input); ``scan_unroll=None`` (default) takes
   ``neurons_fused.default_unroll(T)``.
 """
@@ -38,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import neuron_spec, neurons, neurons_fused, remat as remat_lib
+from cfsnn_jax import backends
 from cfsnn_jax.errors import UserError
-from cfsnn_jax.neurons import NeuronStats
+from cfsnn_jax.neuron import equations as neurons, fused as neurons_fused, spec as neuron_spec
+from cfsnn_jax.neuron.equations import NeuronStats
 
 NeuronAux = NeuronStats  # the name models and tests used before the two types were merged
 
@@ -65,7 +66,8 @@ def neuron_forward(x_TB: jax.Array, alpha_T: jax.Array, decay: jax.Array,
                    unroll: int | bool, pn_kappa: float, keep_potential: bool = False,
                    bptt: str = "fused") -> tuple[jax.Array, NeuronStats, jax.Array | None]:
   """Pure forward of one spiking layer: ``(S_TB, stats, H_TB or None)``; a function of
-  explicit arguments, so that ``remat.checkpoint`` can wrap it (``SpikingNeuron(remat=True)``)."""
+  explicit arguments, so that ``backends.checkpoint`` can wrap it
+  (``SpikingNeuron(remat=True)``)."""
   S_TB, H_TB, stats = neurons_fused.run_neuron_with_stats(
       x_TB, spec, alpha_T=alpha_T, decay=decay, theta_T=theta_T, training=training,
       unroll=unroll, pn_kappa=pn_kappa, keep_potential=keep_potential, bptt=bptt)
@@ -74,8 +76,11 @@ def neuron_forward(x_TB: jax.Array, alpha_T: jax.Array, decay: jax.Array,
 
 def _set_settings(obj, spec: neurons.NeuronSpec, num_steps: int, pn_kappa: float,
                   scan_unroll: int | bool | None, remat: bool, bptt: str) -> None:
-  """Validates and stores the settings a neuron layer (and its factory) is built from."""
-  neuron_spec.validate_spec(spec)
+  """Stores the settings a neuron layer (and its factory) is built from; ``spec`` is valid by
+  construction (``NeuronSpec``), ``num_steps`` is checked here."""
+  if not isinstance(spec, neuron_spec.NeuronSpec):
+    raise UserError(f"a neuron layer takes a NeuronSpec (neuron.resolve_spec(name, ...)), got "
+                    f"{type(spec).__name__}")
   neuron_spec.validate_num_steps(num_steps)
   obj.spec, obj.num_steps, obj.pn_kappa = spec, num_steps, pn_kappa
   obj.scan_unroll, obj.remat, obj.bptt = scan_unroll, remat, bptt
@@ -142,7 +147,7 @@ class SpikingNeuron(nnx.Module):
         neuron_forward, spec=self.spec, training=training, unroll=self.unroll(),
         pn_kappa=self.pn_kappa, keep_potential=self.probe, bptt=self.bptt)
     if self.remat and not self.probe:  # backward recomputes the scan from x_TB
-      forward = remat_lib.checkpoint(forward)
+      forward = backends.checkpoint(forward)
     S_TB, aux, H_TB = forward(x_TB, self.alpha_T(), self.decay(), theta_T)
     if self.theta_ema is not None and training:
       m = self.spec.adaptive_momentum

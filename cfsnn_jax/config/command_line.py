@@ -4,9 +4,10 @@ and the sweep launcher), without importing jax.
 Contract: ``parse_and_validate(argv)`` parses the flags (``--config`` as a file path or a
 shipped config's name such as ``cifar100`` / ``cifar100:tiny`` resolved to
 ``cfsnn_jax/configs/<name>.py``, ``--workdir``, the multi-host flags) and the config file, and
-validates the config against ``config_schema``; every user mistake (missing or broken config
-file, unknown variant, misspelt field, wrong type, out-of-range value) is a ``UserError``
-(one line). It returns a ``Parsed`` record. ``define_flags(fv)`` defines these flags on a
+validates and resolves the config once (``resolved.resolve``: ``Parsed.run``, which the
+program passes down); every user mistake (missing or broken config file, unknown variant,
+misspelt field, wrong type, out-of-range value) is a ``UserError`` (one line). It returns a
+``Parsed`` record. ``define_flags(fv)`` defines these flags on a
 flag set. Set ``CFSNN_TRACEBACK=1`` to see the traceback of a config-file error instead.
 """
 
@@ -22,10 +23,10 @@ from typing import Any, Callable, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from cfsnn_jax import config_schema
+from cfsnn_jax.config import resolved, schema as config_schema
 from cfsnn_jax.errors import UserError, unknown_choice
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 _DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, "default.py")
 DEFAULT_VARIANTS = ("tiny",)  # a config file's ``VARIANTS`` replaces this list
 
@@ -51,7 +52,7 @@ def define_flags(fv: flags.FlagValues, argv: Sequence[str] | None = None) -> Non
 
 @dataclasses.dataclass
 class Parsed:
-  config: Any
+  run: resolved.ResolvedRun  # the config, validated and resolved once
   workdir: str | None
   distributed: bool
   coordinator_address: str | None
@@ -60,6 +61,10 @@ class Parsed:
   notes: list[str]
   flag_values: Any = None
   config_name: str = "default"  # the config file's name and variant, for a default workdir
+
+  @property
+  def config(self) -> Any:
+    return self.run.config
 
 
 def shipped_configs() -> list[str]:
@@ -172,7 +177,7 @@ def _unknown_field_line(e: BaseException, argv: Sequence[str], config: Any = Non
 def parse_and_validate(argv: Sequence[str], *, check_paths: bool = True,
                        define_extra: Callable[[flags.FlagValues], None] | None = None
                        ) -> Parsed:
-  """Parses ``argv`` (``argv[0]`` is the program) and validates the config; jax-free.
+  """Parses ``argv`` (``argv[0]`` is the program), validates and resolves the config; jax-free.
 
   ``check_paths=False`` skips the data-directory checks (a launcher checking commands that
   run on other machines). ``define_extra(fv)`` defines a program's own additional flags
@@ -209,7 +214,7 @@ def parse_and_validate(argv: Sequence[str], *, check_paths: bool = True,
       raise UserError(_unknown_field_line(e, argv, _fresh_config(module, variant))) from e
     raise UserError(f"--config {value!r}: {type(e).__name__}: {_flag_error_line(e)}") from e
   notes = config_schema.fit_model_fields(config, overridden_fields(argv))
-  config_schema.validate_config(config, require_data_dir=check_paths)
+  run = resolved.resolve(config, require_data_dir=check_paths)
   name = "-".join(filter(None, (os.path.splitext(os.path.basename(path))[0], variant)))
-  return Parsed(config, workdir, fv["distributed"].value, fv["coordinator_address"].value,
+  return Parsed(run, workdir, fv["distributed"].value, fv["coordinator_address"].value,
                 fv["num_processes"].value, fv["process_id"].value, notes, fv, name)

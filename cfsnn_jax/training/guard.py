@@ -6,9 +6,11 @@ raises ``Interrupted``, whose ``exit_status`` is 128 + the signal number); a sec
 exits the process at once. ``tree_finite(tree)`` is a boolean scalar: every floating leaf of
 ``tree`` is finite (``steps.train_step`` returns it for the loss, the gradient norm and the
 updated parameters as ``metrics["finite"]``; ``all_finite`` is the same, jitted).
-``first_nonfinite(metrics, state)`` names the first non-finite of the step's loss, its
-gradient norm and the state's leaves (path order), for the one line of ``Diverged`` (a
-``UserError``). ``agree(flag)`` is process 0's decision on every process.
+``raise_if_diverged(step, metrics, finite, state, last_saved)`` raises ``Diverged`` (a
+``UserError``) for a step whose flag says non-finite, naming the first non-finite of the
+step's loss, its gradient norm and the state's leaves (``first_nonfinite``, path order);
+``refuse_nonfinite_state`` does the same for a state about to be saved. ``agree(flag)`` is
+process 0's decision on every process.
 """
 
 from __future__ import annotations
@@ -91,6 +93,23 @@ def first_nonfinite(metrics: dict, state: Any) -> str:
       where = jax.tree_util.keystr(path, simple=True, separator="/")
       return f"{where} has {np.size(a) - np.isfinite(a).sum()} non-finite values"
   return "a non-finite value"
+
+
+def raise_if_diverged(step: int, metrics: dict, finite: Any, state: Any,
+                      last_saved: int) -> None:
+  """``Diverged`` unless ``finite`` (the step's flag, pulled to the host here)."""
+  if not bool(finite):
+    what = first_nonfinite(metrics, state)
+    raise Diverged(
+        f"training diverged at step {step}: {what}; nothing non-finite was saved, the latest "
+        f"checkpoint (step {last_saved}) is the last good state; lower "
+        "optimizer.learning_rate or set optimizer.grad_clip")
+
+
+def refuse_nonfinite_state(step: int, state: Any, last_saved: int) -> None:
+  """``Diverged`` if ``state`` (about to be checkpointed) holds a non-finite value."""
+  if not bool(all_finite(state)):
+    raise_if_diverged(step, {"loss": 0.0, "grad_norm": 0.0}, False, state, last_saved)
 
 
 def agree(flag: bool) -> bool:

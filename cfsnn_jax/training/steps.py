@@ -1,16 +1,19 @@
 """The training state and the jitted train / eval steps: one builder for the loop, the
 benchmarks and the tests.
 
-Contract:
-- ``create_train_state(config, info, total_steps) -> TrainSetup``: the model's train- and
+Contract (``run``: a resolved run, ``cfsnn_jax.config.resolve(config)``; nothing here
+validates the config again):
+- ``build_model(run, info, rngs)``: the model ``run.config.model`` names, its neurons built
+  from the resolved ``run.neuron``, for the dataset described by ``info``.
+- ``create_train_state(run, info, total_steps) -> TrainSetup``: the model's train- and
   eval-mode graphdefs, the state dict (``params``, ``rest`` = non-parameter model state such as
   BN statistics and DS-ATGO thresholds, ``opt_state``, ``step``), the optax transformation
-  and the parameter count, for a fresh run of ``config``.
+  and the parameter count, for a fresh run.
 - ``loss_and_grads(params, rest, batch, *, graphdef, loss_cfg, compute_dtype) ->
   LossAndGrads``; ``train_step(state, batch, ...) -> (state, metrics)``;
   ``eval_step(state, batch, ...) -> sums`` (pure functions; ``compute_dtype`` casts parameters
   and floating inputs once, in ``_in_compute_dtype``, float32 master parameters stay).
-- ``make_steps(config, setup, devices=None) -> Steps``: one ``jax.make_mesh`` axis ``data``
+- ``make_steps(run, setup, devices=None) -> Steps``: one ``jax.make_mesh`` axis ``data``
   over every device (or ``devices``); the train step jitted with the state donated and
   replicated outputs, the eval step jitted; ``place(state)`` replicates a state,
   ``to_global(batch)`` shards a process-local batch over the mesh. Under this jit the step
@@ -30,9 +33,11 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import config_schema, losses, models, optim, run_guard
-from cfsnn_jax.layers import NeuronFactory
-from cfsnn_jax.neurons import NeuronStats
+from cfsnn_jax import models
+from cfsnn_jax.config.resolved import ResolvedRun, require_resolved
+from cfsnn_jax.neuron.equations import NeuronStats
+from cfsnn_jax.neuron.layers import NeuronFactory
+from cfsnn_jax.training import guard, losses, optim
 
 State = dict[str, Any]
 
@@ -70,16 +75,17 @@ def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
                        devices=devices)
 
 
-def build_model(config: Any, info: Any, rngs: nnx.Rngs) -> nnx.Module:
-  spec = config_schema.neuron_spec(config.neuron)
-  factory = NeuronFactory(spec, config.num_steps, pn_kappa=config.loss.pn_kappa)
+def build_model(run: ResolvedRun, info: Any, rngs: nnx.Rngs) -> nnx.Module:
+  config = require_resolved(run, "build_model").config
+  factory = NeuronFactory(run.neuron, config.num_steps, pn_kappa=config.loss.pn_kappa)
   return models.build_model(config.model, factory, input_shape=info.input_shape,
                             num_classes=info.num_classes, static_input=info.static_input,
                             rngs=rngs, vocab_size=info.vocab_size)
 
 
-def create_train_state(config: Any, info: Any, total_steps: int) -> TrainSetup:
-  model = build_model(config, info, nnx.Rngs(params=jax.random.fold_in(
+def create_train_state(run: ResolvedRun, info: Any, total_steps: int) -> TrainSetup:
+  config = require_resolved(run, "create_train_state").config
+  model = build_model(run, info, nnx.Rngs(params=jax.random.fold_in(
       jax.random.key(config.seed), 0)))
   num_params = models.count_params(model)
   model.eval()
@@ -151,7 +157,7 @@ def train_step(state: State, batch: dict, *, graphdef, tx: optax.GradientTransfo
   metrics = {"loss": out.loss, "task_loss": out.task, "pn_loss": out.pn,
              "accuracy": out.correct_B.mean(), "firing_rate": out.stats.rate_T.mean(),
              "grad_norm": optax.tree.norm(out.grads)}
-  metrics["finite"] = run_guard.tree_finite(
+  metrics["finite"] = guard.tree_finite(
       {"loss": out.loss, "grad_norm": metrics["grad_norm"], "params": params})
   new_state = dict(state, params=params, rest=out.rest, opt_state=opt_state,
                    step=state["step"] + 1)
@@ -168,7 +174,8 @@ def eval_step(state: State, batch: dict, *, graphdef, loss_cfg: Any,
           "loss_sum": loss * mask.sum(), "rate_LT": stats.rate_T}
 
 
-def make_steps(config: Any, setup: TrainSetup, devices: list | None = None) -> Steps:
+def make_steps(run: ResolvedRun, setup: TrainSetup, devices: list | None = None) -> Steps:
+  config = require_resolved(run, "make_steps").config
   mesh = make_mesh(devices)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))

@@ -2,8 +2,9 @@
 
 Contract:
 - ``NeuronSpec`` is a frozen, hashable description of one neuron setting (charge model,
-  levels ``D``, ``signed``, reset, surrogate, threshold mode); the equations it selects are in
-  ``neurons.py`` (METHOD.md §1, §2, §4).
+  levels ``D``, ``signed``, reset, surrogate, threshold mode), valid by construction: its
+  constructor runs ``validate_spec``, so a layer built from a spec never checks it again; the
+  equations it selects are in ``equations.py`` (METHOD.md §1, §2, §4).
 - ``resolve_spec(name, **overrides)`` builds it from a preset of ``NEURON_PRESETS`` plus the
   non-None overrides; ``validate_spec`` rejects impossible settings. Both raise
   ``errors.UserError`` with one line naming the value and the valid choices.
@@ -57,6 +58,9 @@ class NeuronSpec:
   dynamic_base_width: float = 1.0  # DS-ATGO k
   activation: str = "spike"  # spike | relu (the ANN twin: ReLU in place of the neuron, T = 1)
 
+  def __post_init__(self):
+    validate_spec(self)  # valid by construction: layers built from a spec never re-check it
+
   @property
   def learnable_alpha(self) -> bool:
     return self.surrogate_mode in ("per_step", "per_layer")
@@ -105,9 +109,7 @@ def resolve_spec(name: str, **overrides: Any) -> NeuronSpec:
   _choice("surrogate", kw.get("surrogate", "sigmoid"), SURROGATE_NAMES)
   if "alpha" not in kw:
     kw["alpha"] = SURROGATE_DEFAULT_ALPHA[kw.get("surrogate", "sigmoid")]
-  spec = NeuronSpec(**kw)
-  validate_spec(spec)
-  return spec
+  return NeuronSpec(**kw)  # validated by its constructor
 
 
 def validate_spec(spec: NeuronSpec) -> None:
