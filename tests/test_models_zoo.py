@@ -262,6 +262,36 @@ def test_bad_kwargs_fail_with_choices():
     build("resnet19", factory("lif", 2), abstract=True, residual="sew_iand")
   with pytest.raises(ValueError, match="valid choices: ssa, sdsa"):
     build("spikformer", factory("lif", 2), abstract=True, attention="softmax")
+  with pytest.raises(ValueError, match="valid choices: biased, bn"):
+    build("resnet19", factory("lif", 2), abstract=True, head_form="bias")
+  with pytest.raises(ValueError, match="valid choices: symmetric, flax_same"):
+    build("resnet19", factory("lif", 2), abstract=True, conv_padding="same")
+
+
+def _logits_and_grads(model, x):
+  def loss(m):
+    y, _ = m(x)
+    return jnp.sum(jnp.sin(y)), y
+  (_, y), g = nnx.value_and_grad(loss, has_aux=True)(model)
+  return y, jax.tree.leaves(g)
+
+
+@pytest.mark.parametrize("strides", [(1, 1, 1), (1, 2, 2)])
+def test_symmetric_padding_equals_flax_same_only_at_stride_1(strides):
+  """``conv_padding="flax_same"`` is the padding every model had before ``symmetric``: at
+  stride 1 the two give bit-identical logits and gradients; at stride 2 flax pads (0, 1) and
+  the published models' (1, 1) moves the window one pixel."""
+  x = example_input("resnet19", 4)
+  out = {p: _logits_and_grads(build("resnet19", factory("cf"), strides=strides,
+                                    conv_padding=p), x)
+         for p in ("symmetric", "flax_same")}
+  (y_sym, g_sym), (y_same, g_same) = out["symmetric"], out["flax_same"]
+  if strides == (1, 1, 1):
+    np.testing.assert_array_equal(y_sym, y_same)
+    for a, b in zip(g_sym, g_same):
+      np.testing.assert_array_equal(a, b)
+  else:
+    assert not np.array_equal(y_sym, y_same)
 
 
 def _count(name, num_classes, input_shape, **kw):
@@ -308,8 +338,14 @@ def test_resnet19_counts_match_their_sources_exactly():
   assert _count_spec("lif", 100) == 12_653_988 + 18 * 4  # + per-step LSG rho, T = 4
   assert _count_spec("lif", 100, stem_width=128) == 12_721_196  # stem 128, standard residual
   assert _count_spec("lif", 100, "fixed", stem_width=128) == 12_721_196 - 18 * 4
-  assert _count_spec("dsatgo", 100, stem_width=128, residual="sew_add") == 12_721_144
+  # The DS-ATGO code's head (Linear(512, 256, bias=False) -> BatchNorm1d(256) -> PLIF ->
+  # Linear(256, K, bias=False)): its published model has 12,698,260 parameters for CIFAR-10.
+  dsatgo = dict(stem_width=128, residual="sew_add", head_form="bn")
+  assert _count_spec("dsatgo", 10, **dsatgo) == 12_698_260
+  assert _count_spec("dsatgo", 100, **dsatgo) == 12_721_300
+  # the biased head without BN: 256 + K biases instead of BN's 2 x 256
+  assert _count_spec("dsatgo", 100, stem_width=128, residual="sew_add") == 12_721_300 + 100 - 256
   from cfsnn_jax.configs import cifar100, dsatgo_cifar10, dsatgo_cifar100
-  assert dsatgo_cifar10.get_config().model.stem_width == 128
-  assert dsatgo_cifar100.get_config().model.stem_width == 128
+  for cfg in (dsatgo_cifar10.get_config(), dsatgo_cifar100.get_config()):
+    assert (cfg.model.stem_width, cfg.model.head_form) == (128, "bn")
   assert "stem_width" not in cifar100.get_config().model  # the TET default

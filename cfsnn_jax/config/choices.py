@@ -18,3 +18,5 @@ PN_VARIANTS = ("mean", "sign")  # cfsnn_jax.training.losses.pn_loss
 OPTIMIZERS = ("adamw", "sgd")  # cfsnn_jax.training.optim.make_optimizer
 SCHEDULES = ("constant", "cosine")  # cfsnn_jax.training.optim.learning_rate_schedule
 COMPUTE_DTYPES = ("bfloat16", "float32")  # config.compute_dtype
+CONV_PADDINGS = ("symmetric", "flax_same")  # cfsnn_jax.models.common.PADDINGS
+HEAD_FORMS = ("biased", "bn")  # cfsnn_jax.models.resnet.HEAD_FORMS

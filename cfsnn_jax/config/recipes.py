@@ -54,6 +54,7 @@ def dsatgo_cifar_resnet19(dataset: str, arg: str | None) -> ml_collections.Confi
   c.model.name = "resnet19"
   c.model.residual = "sew_add"  # SEW-ADD residuals
   c.model.stem_width = 128  # the DS-ATGO code's ResNet-19 stem (TET's, the default, is 64)
+  c.model.head_form = "bn"  # the DS-ATGO code's head: bias-free FCs, BN before the neuron
   c.model.per_step_bn = False
   c.neuron = config_schema.neuron_config("dsatgo", dynamic_stat="std")
   c.loss.label_smoothing = 0.1

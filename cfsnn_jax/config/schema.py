@@ -86,6 +86,8 @@ TASK_LOSSES = choices.TASK_LOSSES
 PN_VARIANTS = choices.PN_VARIANTS
 REMATS = choices.REMAT_NAMES
 RESIDUALS = ("standard", "sew_add")
+PADDINGS = choices.CONV_PADDINGS
+HEAD_FORMS = choices.HEAD_FORMS
 ATTENTIONS = ("ssa", "sdsa")
 # Datasets read from their own on-disk format: an empty data_dir cannot work.
 DATA_DIR_REQUIRED = ("tiny_imagenet", "cifar10_dvs", "dvs_gesture", "evtouch", "sst5")
@@ -183,7 +185,11 @@ _RESNET = (
     _m("stem_stride", "int", "stem stride", lo=1),
     _m("stem_pool", "bool", "max-pool after the stem"),
     _m("head_hidden", "int", "hidden FC width before the classifier (0: none)", lo=0),
+    _m("head_form", "str", "biased (TET) | bn (DS-ATGO: bias-free FCs, BN before the neuron)",
+       choices=HEAD_FORMS),
     _m("residual", "str", "standard | sew_add", choices=RESIDUALS),
+    _m("conv_padding", "str", "symmetric (k // 2 each side) | flax_same (flax SAME)",
+       choices=PADDINGS),
     _PER_STEP_BN, _REMAT)
 _VGG = (
     _m("layout", "layout", "conv widths and pooling letters ('A' average, 'M' max)", lo=1,

@@ -179,17 +179,11 @@ class _Exporter:
     bias = bias * s + shift
     pads = _conv_pads(conv, chw[1:], name)
     w_oihw = np.transpose(w, (3, 2, 0, 1))
-    # Flax SAME pads (lo, hi) with hi = lo + 1 for even sizes and stride 2; NIR's padding is
-    # symmetric: an equivalent kernel grows by hi - lo leading zeros and pads hi each side.
-    grow = [hi - lo for lo, hi in pads]
-    if any(g < 0 for g in grow):
-      raise UserError(f"cannot export {name} to NIR: padding {pads} (more before than after)")
+    if any(lo != hi for lo, hi in pads):  # NIR's padding is one number per side pair
+      raise UserError(f"cannot export {name} to NIR: asymmetric padding {pads} (a model built "
+                      f"with conv_padding='flax_same' and stride 2; NIR pads symmetrically)")
     dil = _pair(conv.kernel_dilation)
-    if any(grow) and dil != (1, 1):
-      raise UserError(f"cannot export {name} to NIR: asymmetric padding with dilation")
-    if any(grow):
-      w_oihw = np.pad(w_oihw, ((0, 0), (0, 0), (grow[0], 0), (grow[1], 0)))
-    padding = (pads[0][1], pads[1][1])
+    padding = (pads[0][0], pads[1][0])
     strides = _pair(conv.strides)
     node = nir.Conv2d(input_shape=tuple(int(v) for v in chw[1:]),
                       weight=w_oihw.astype(np.float32), stride=strides, padding=padding,
@@ -285,7 +279,7 @@ def _export_resnet(model, ex: _Exporter, input_shape):
   x, chw = ex.avg_pool("global_pool", x, chw, (chw[1], chw[2]))
   x, shape = ex.flatten("flatten", x, chw)
   if model.fc is not None:
-    x, shape = ex.affine("fc", model.fc, None, x)
+    x, shape = ex.affine("fc", model.fc, model.fc_bn, x)
     x = ex.neuron("fc_neuron", model.fc_neuron, x, shape)
   return ex.affine("head", model.head, None, x)
 

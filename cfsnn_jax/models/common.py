@@ -10,8 +10,9 @@ Conventions every family follows:
 - stateless layers (conv, linear, pooling) run on ``[T*B, ...]`` through ``layers.per_step``;
 - a spiking layer's attribute is named ``neuron`` / ``<role>_neuron`` (lists: ``neurons`` /
   ``<role>_neurons``); the module path is the layer's name in metric keys and reports;
-- convolutions are ``conv(...)``: ``nnx.Conv`` without bias whose convolution is
-  ``backends.conv_general_dilated`` (oneDNN gradients on CPU runs, XLA's elsewhere);
+- convolutions are ``conv(...)``: ``nnx.Conv`` without bias, padded ``k // 2`` on each side
+  (``PADDINGS``), whose convolution is ``backends.conv_general_dilated`` (oneDNN gradients
+  on CPU runs, XLA's elsewhere);
 - every model takes ``remat`` (``remat.REMATS``, ``config.model.remat``): ``remat_neuron``
   gives the model's neuron factory, ``remat_block(remat)(fn)`` checkpoints one block / unit.
 """
@@ -25,16 +26,28 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfsnn_jax import backends
-from cfsnn_jax.errors import UserError
+from cfsnn_jax.config import choices
+from cfsnn_jax.errors import UserError, unknown_choice
 from cfsnn_jax.neuron.layers import NeuronFactory, fold, per_step, unfold
 from cfsnn_jax.neuron.remat import remat_neuron
 
 
+# Convolution padding: "symmetric" (default) pads ``k // 2`` on each side, as torch's
+# ``padding=k // 2`` in the published models (TET, DS-ATGO, SpikingJelly); "flax_same" is flax's
+# "SAME", which pads a 3x3 stride-2 convolution of an even input by (0, 1) instead of (1, 1)
+# (the padding models used before; the two agree at stride 1 for odd kernels).
+PADDINGS = choices.CONV_PADDINGS
+
+
 def conv(in_ch: int, out_ch: int, kernel: tuple[int, int], *, rngs: nnx.Rngs,
-         strides: int = 1) -> nnx.Conv:
-  """A bias-free ``nnx.Conv`` (NHWC, SAME padding) on ``backends.conv_general_dilated``."""
-  return nnx.Conv(in_ch, out_ch, kernel, strides=strides, use_bias=False, rngs=rngs,
-                  conv_general_dilated=backends.conv_general_dilated)
+         strides: int = 1, padding: str = "symmetric") -> nnx.Conv:
+  """A bias-free ``nnx.Conv`` (NHWC) on ``backends.conv_general_dilated``, padded as ``padding``
+  (``PADDINGS``) says: ``symmetric`` gives the explicit pairs ``(k // 2, k // 2)``."""
+  if padding not in PADDINGS:
+    raise unknown_choice("conv padding", padding, PADDINGS)
+  pads = "SAME" if padding == "flax_same" else tuple((k // 2, k // 2) for k in kernel)
+  return nnx.Conv(in_ch, out_ch, kernel, strides=strides, padding=pads, use_bias=False,
+                  rngs=rngs, conv_general_dilated=backends.conv_general_dilated)
 
 
 def call_module(module: nnx.Module, *args):

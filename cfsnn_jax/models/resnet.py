@@ -6,8 +6,10 @@ result is repeated over T: the encoder) or events ``[T, B, H, W, C]``; output
 
 Layout: stem ``conv3x3 -> BN -> neuron`` (optional stride and 2x2 max pool), then stages of
 BasicBlocks (``conv3x3 -> BN -> neuron -> conv3x3 -> BN``), global average pool, an optional
-``FC hidden -> neuron`` and ``FC classes``. The shortcut is the identity, or ``conv1x1 + BN``
-where the shape changes. Residual forms:
+``FC hidden -> neuron`` and ``FC classes`` (``head_form``: ``HEAD_FORMS``). The shortcut is
+the identity, or ``conv1x1 + BN`` where the shape changes. Convolutions are padded
+``k // 2`` on each side (``conv_padding``: ``common.PADDINGS``; ``flax_same`` is the padding
+checkpoints written before the change were trained with). Residual forms:
 - ``standard`` (TET / tdBN): ``neuron(BN(conv(...)) + shortcut(x))``.
 - ``sew_add`` (SEW ResNet ADD): ``neuron(BN(conv(...))) + shortcut(x)``; a downsampling
   shortcut has its own neuron (``neuron(BN(conv1x1(x)))``), so both summands are spikes and
@@ -26,26 +28,31 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cfsnn_jax.config import choices
 from cfsnn_jax.errors import UserError, unknown_choice
 from cfsnn_jax.neuron.layers import NeuronFactory, collect_aux, per_step
-from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_hwc,
-                                     check_model_input, conv, init_model, to_time_major)
+from cfsnn_jax.models.common import (PADDINGS, TimeBatchNorm, bn_neuron, call_module,
+                                     check_hwc, check_model_input, conv, init_model,
+                                     to_time_major)
 from cfsnn_jax.neuron.remat import remat_block
 
 RESIDUALS = ("standard", "sew_add")
+# The classifier head: "biased" (TET): ``FC hidden (bias) -> neuron -> FC classes (bias)``;
+# "bn" (the DS-ATGO code): ``FC hidden -> BN -> neuron -> FC classes``, both FCs bias-free.
+HEAD_FORMS = choices.HEAD_FORMS
 
 
 class BasicBlock(nnx.Module):
   """Two 3x3 convs with a shortcut; ``__call__(x_TB) -> (y_TB, [NeuronStats, ...])``."""
 
   def __init__(self, in_ch: int, out_ch: int, stride: int, *, neuron: NeuronFactory,
-               residual: str, per_step_bn: bool, rngs: nnx.Rngs):
+               residual: str, per_step_bn: bool, padding: str, rngs: nnx.Rngs):
     T = neuron.num_steps
     self.residual = residual
-    self.conv1 = conv(in_ch, out_ch, (3, 3), strides=stride, rngs=rngs)
+    self.conv1 = conv(in_ch, out_ch, (3, 3), strides=stride, padding=padding, rngs=rngs)
     self.bn1 = TimeBatchNorm(out_ch, T, per_step=per_step_bn, rngs=rngs)
     self.neuron1 = neuron()
-    self.conv2 = conv(out_ch, out_ch, (3, 3), rngs=rngs)
+    self.conv2 = conv(out_ch, out_ch, (3, 3), padding=padding, rngs=rngs)
     self.bn2 = TimeBatchNorm(out_ch, T, per_step=per_step_bn, rngs=rngs)
     self.neuron2 = neuron()
     if stride != 1 or in_ch != out_ch:
@@ -81,10 +88,15 @@ class SpikingResNet(nnx.Module):
   def __init__(self, *, input_shape: Sequence[int], num_classes: int, neuron: NeuronFactory,
                stage_blocks: Sequence[int], widths: Sequence[int], strides: Sequence[int],
                stem_width: int = 0, stem_stride: int = 1, stem_pool: bool = False,
-               head_hidden: int = 0, residual: str = "standard", static_input: bool = True,
+               head_hidden: int = 0, head_form: str = "biased", residual: str = "standard",
+               conv_padding: str = "symmetric", static_input: bool = True,
                per_step_bn: bool = False, remat: str = "none", rngs: nnx.Rngs):
     if residual not in RESIDUALS:
       raise unknown_choice("residual", residual, RESIDUALS)
+    if head_form not in HEAD_FORMS:
+      raise unknown_choice("head_form", head_form, HEAD_FORMS)
+    if conv_padding not in PADDINGS:
+      raise unknown_choice("conv_padding", conv_padding, PADDINGS)
     if not len(stage_blocks) == len(widths) == len(strides) or not widths:
       raise UserError(f"resnet needs one width and stride per stage, got stage_blocks="
                       f"{tuple(stage_blocks)}, widths={tuple(widths)}, strides={tuple(strides)}")
@@ -95,7 +107,8 @@ class SpikingResNet(nnx.Module):
     T = self.num_steps
     self.stem_pool = stem_pool
     stem_width = stem_width or widths[0]
-    self.stem_conv = conv(c, stem_width, (3, 3), strides=stem_stride, rngs=rngs)
+    self.stem_conv = conv(c, stem_width, (3, 3), strides=stem_stride, padding=conv_padding,
+                          rngs=rngs)
     self.stem_bn = TimeBatchNorm(stem_width, T, per_step=per_step_bn, rngs=rngs)
     self.stem_neuron = neuron()
     blocks = []
@@ -103,16 +116,20 @@ class SpikingResNet(nnx.Module):
     for n, width, stride in zip(stage_blocks, widths, strides):
       for i in range(n):
         blocks.append(BasicBlock(in_ch, width, stride if i == 0 else 1, neuron=neuron,
-                                 residual=residual, per_step_bn=per_step_bn, rngs=rngs))
+                                 residual=residual, per_step_bn=per_step_bn,
+                                 padding=conv_padding, rngs=rngs))
         in_ch = width
     self.blocks = nnx.List(blocks)
+    bias = head_form == "biased"
     if head_hidden:
-      self.fc = nnx.Linear(in_ch, head_hidden, rngs=rngs)
+      self.fc = nnx.Linear(in_ch, head_hidden, use_bias=bias, rngs=rngs)
+      self.fc_bn = (None if bias else
+                    TimeBatchNorm(head_hidden, T, per_step=per_step_bn, rngs=rngs))
       self.fc_neuron = neuron()
       in_ch = head_hidden
     else:
-      self.fc = self.fc_neuron = None
-    self.head = nnx.Linear(in_ch, num_classes, rngs=rngs)
+      self.fc = self.fc_bn = self.fc_neuron = None
+    self.head = nnx.Linear(in_ch, num_classes, use_bias=bias, rngs=rngs)
 
   def __call__(self, x: jax.Array):
     T = self.num_steps
@@ -131,7 +148,8 @@ class SpikingResNet(nnx.Module):
       aux.extend(block_aux)
     x = jnp.mean(x, axis=(2, 3))  # global average pool: [T, B, C]
     if self.fc is not None:
-      x, a = self.fc_neuron(per_step(self.fc, x))
+      x = per_step(self.fc, x)
+      x, a = self.fc_neuron(x if self.fc_bn is None else self.fc_bn(x))
       aux.append(a)
     return per_step(self.head, x), collect_aux(aux)
 
@@ -142,8 +160,9 @@ def resnet19(*, stage_blocks: Sequence[int] = (3, 3, 2), widths: Sequence[int] =
   """ResNet-19 as in TET (Deng et al., 2022, ``models/resnet_models.py``): stem 64 (``None``:
   half the first stage's width), stages [3, 3, 2] of widths 128-256-512 (the first block's
   shortcut is conv1x1 + BN, 64 -> 128), FC 256 + neuron: 12,653,988 parameters for 100
-  classes with parameter-free LIF neurons (docs/MODELS.md). ``stem_width=128`` is the DS-ATGO
-  code's variant (identity shortcut in the first block)."""
+  classes with parameter-free LIF neurons (docs/MODELS.md). ``stem_width=128,
+  head_form="bn"`` is the DS-ATGO code's variant (identity shortcut in the first block;
+  bias-free FCs with BN before the hidden neuron)."""
   stem_width = widths[0] // 2 if stem_width is None else stem_width
   return SpikingResNet(stage_blocks=stage_blocks, widths=widths, strides=strides,
                        head_hidden=head_hidden, stem_width=stem_width, **kwargs)
