@@ -4,8 +4,8 @@
   python -m benchmarks.bf16_paths --n=4 --hw=8 --c=16   # tiny (tests)
 
 Two measurements, each compiled with the CPU settings ``python -m cfsnn_jax.main`` applies
-(``cfsnn_jax.xla_cpu``) and, where named, another XLA option set; the cases of one table run
-round-robin in this process (median wall and process CPU time of ``--reps`` calls):
+(``cfsnn_jax.backends.xla_cpu``) and, where named, another XLA option set; the cases of one
+table run round-robin in this process (median wall and process CPU time of ``--reps`` calls):
 
 - ``dots``: ``[M, K] x [K, N]`` (``M = n*hw*hw``, ``K = 9c``, ``N = c``: one 3x3 convolution
   as a matmul) in float32, in bfloat16 with float32 accumulation
@@ -17,8 +17,8 @@ round-robin in this process (median wall and process CPU time of ``--reps`` call
   (``conv_as_matmul``: the 9 shifted windows concatenated along channels, autodiff for the
   gradients) in both dtypes, plus the im2col copy alone. ``rel_err`` is the largest error
   of output and gradients against XLA's float32 convolution, relative to its largest value.
-  Where ``cfsnn_jax.onednn_conv`` is enabled, the models' own convolution too (``onednn_conv``:
-  oneDNN gradients, and in bfloat16 a oneDNN forward: the path that makes bf16 faster).
+  Where ``cfsnn_jax.backends.onednn_conv`` is enabled, the models' own convolution too
+  (``onednn_conv``: oneDNN gradients, and in bfloat16 a oneDNN forward: the path that makes bf16 faster).
 
 The question it answers: can ``compute_dtype=bfloat16`` beat float32 on this CPU? Only
 where a bf16 kernel runs natively *and* the data movement around it costs less than it saves:
@@ -35,7 +35,7 @@ import statistics
 import time
 from typing import Any, Callable
 
-from cfsnn_jax import xla_cpu
+from cfsnn_jax.backends import xla_cpu
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -57,8 +57,8 @@ def conv_xla(x, w):
 
 
 def conv_onednn(x, w):
-  """The models' convolution (``cfsnn_jax.onednn_conv``): oneDNN gradients, bf16 forward."""
-  from cfsnn_jax import onednn_conv
+  """The models' convolution (``backends.onednn_conv``): oneDNN gradients, bf16 forward."""
+  from cfsnn_jax.backends import onednn_conv
   return onednn_conv.conv_general_dilated(x, w, (1, 1), "SAME",
                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -142,7 +142,7 @@ def conv(n: int, hw: int, c: int, reps: int) -> list[dict[str, Any]]:
   ref = jax.jit(_fwd_bwd(conv_xla))(x, w, g)
   opts = xla_cpu.compiler_options()
   cases, errs = {}, {}
-  from cfsnn_jax import onednn_conv
+  from cfsnn_jax.backends import onednn_conv
   variants = [("xla_conv", conv_xla), ("conv_as_matmul", conv_as_matmul)]
   if onednn_conv.enabled():  # what the models use on this machine
     variants.append(("onednn_conv", conv_onednn))

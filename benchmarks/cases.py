@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from cfsnn_jax import config_schema
+from cfsnn_jax.config import schema as config_schema
 from cfsnn_jax.data.sources import DatasetInfo
 
 

@@ -30,13 +30,13 @@ import jax
 import numpy as np
 
 from benchmarks.cases import Case, case_config, dataset_info
-from cfsnn_jax import onednn_conv
-from cfsnn_jax import steps as step_builder  # run_case has an argument named steps
+from cfsnn_jax.backends import onednn_conv
+from cfsnn_jax.training import steps as step_builder  # run_case has an argument named steps
 
 
 def machine() -> dict[str, Any]:
   """CPU model, core count, library versions and devices of this process, and whether its
-  convolution gradients run oneDNN's kernels (``cfsnn_jax.onednn_conv``)."""
+  convolution gradients run oneDNN's kernels (``cfsnn_jax.backends.onednn_conv``)."""
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
@@ -174,7 +174,7 @@ def neuron_suite(num_steps: list[int], batch: int, reps: int = 9) -> list[dict[s
   PN moments) on ``[T, batch, 32, 32, 128]`` float32, for the BPTT / time-loop variants, and
   a ReLU on the same tensor as the floor. Min and median wall time of ``reps`` calls."""
   import jax.numpy as jnp
-  from cfsnn_jax import layers, neurons
+  from cfsnn_jax.neuron import layers, equations as neurons
   spec = neurons.resolve_spec("cf")
 
   def before(x, a):  # autodiff of the scan, statistics from the materialised H

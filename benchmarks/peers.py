@@ -12,7 +12,7 @@ counts are asserted equal before anything is timed. The static image enters both
 same way: the stem conv runs once per image and its output is repeated over T.
 
 cfsnn_jax runs its train step exactly as the training loop jits it (``measure.compile_case``,
-with the CPU settings ``python -m cfsnn_jax.main`` applies, ``cfsnn_jax.xla_cpu``);
+with the CPU settings ``python -m cfsnn_jax.main`` applies, ``cfsnn_jax.backends.xla_cpu``);
 SpikingJelly runs eager PyTorch (multi-step mode; its default torch backend on CPU):
 forward, backward, optimizer step, ``reset_net``. After a warm-up step each, the steps
 alternate framework by framework; every step records wall time, process CPU time and the
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   p.add_argument("--tiny", action="store_true", help="a few channels (tests)")
   p.add_argument("--out", default="")
   a = p.parse_args(argv)
-  from cfsnn_jax import xla_cpu
+  from cfsnn_jax.backends import xla_cpu
   tuning = xla_cpu.apply()  # what the CLI applies, before jax starts
   from benchmarks.measure import machine
   models = [m for m in a.models.split(",") if m]

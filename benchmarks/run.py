@@ -6,7 +6,7 @@
   python -m benchmarks.run --tiny                           # smoke test (< 1 minute)
   python -m benchmarks.run --device_check --out=/tmp/device.json   # a lent GPU/TPU, < 8 min
 
-Every case (model, T, remat, dtype) runs ``cfsnn_jax.steps.train_step`` exactly as the
+Every case (model, T, remat, dtype) runs ``cfsnn_jax.training.steps.train_step`` exactly as the
 training loop jits it (see ``benchmarks/measure.py``) on a synthetic batch, in a fresh
 subprocess by default (``--isolate``) so that compilation caches, the process RSS high-water
 mark and the accelerator's peak-memory counter belong to that case alone. Per model the ANN
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--xla_flags", default=None,
                  help="XLA_FLAGS for the measured processes (default: inherit)")
   p.add_argument("--cpu_tuning", choices=("auto", "on", "off"), default="auto",
-                 help="cfsnn_jax.xla_cpu settings (XLA:CPU flags + allocator), exactly as "
+                 help="cfsnn_jax.backends.xla_cpu settings (XLA:CPU flags + allocator), exactly as "
                       "python -m cfsnn_jax.main applies them: auto = on for CPU runs")
   p.add_argument("--no_isolate", dest="isolate", action="store_false", default=None,
                  help="run every case in this process (faster, shared caches and RSS; the "
@@ -209,13 +209,13 @@ def _run_isolated(case: Case, args: argparse.Namespace) -> dict[str, Any]:
 def _tuning_env(env: dict, mode: str) -> None:
   """``--cpu_tuning``: on / off set ``CFSNN_CPU_TUNING``; auto leaves the environment (and
   so ``xla_cpu.apply``'s own decision) alone."""
-  from cfsnn_jax import xla_cpu
+  from cfsnn_jax.backends import xla_cpu
   if mode != "auto":
     env[xla_cpu.ENV_SWITCH] = "1" if mode == "on" else "0"
 
 
 def _child(args: argparse.Namespace) -> None:
-  from cfsnn_jax import xla_cpu
+  from cfsnn_jax.backends import xla_cpu
   xla_cpu.apply()  # before jax starts, as the CLI does (the parent set the switch)
   from benchmarks.measure import run_case
   case = Case(**json.loads(args.case))
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if args.case:
     _child(args)
     return {}
-  from cfsnn_jax import xla_cpu
+  from cfsnn_jax.backends import xla_cpu
   if args.xla_flags is not None:
     os.environ["XLA_FLAGS"] = args.xla_flags  # before jax initialises its backend
   _tuning_env(os.environ, args.cpu_tuning)

@@ -2,7 +2,7 @@
 ``benchmarks.xla_options``), as per-executable ``compiler_options`` (XLA ``DebugOptions``
 fields; repeated enums take comma-joined full enum names here, unlike ``XLA_FLAGS``).
 
-``tuned`` is what ``cfsnn_jax.xla_cpu`` applies to CPU runs of the CLI (tested equal in
+``tuned`` is what ``cfsnn_jax.backends.xla_cpu`` applies to CPU runs of the CLI (tested equal in
 ``tests/test_performance.py``); the others are the alternatives measured against it in
 docs/PERFORMANCE.md.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cfsnn_jax import xla_cpu
+from cfsnn_jax.backends import xla_cpu
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 _DOT, _CONV, _REDUCE = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",

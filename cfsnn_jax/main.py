@@ -25,8 +25,8 @@ import time
 
 from absl import app, flags, logging
 
-from cfsnn_jax import config_schema
-from cfsnn_jax.command_line import (Parsed, one_line, define_flags, parse_and_validate,
+from cfsnn_jax.config import schema as config_schema
+from cfsnn_jax.config.command_line import (Parsed, one_line, define_flags, parse_and_validate,
                                     resolve_config_path, shipped_configs)
 from cfsnn_jax.errors import UserError
 
@@ -41,7 +41,8 @@ _PARSED: list[Parsed] = []
 
 def _flags_parser(argv: list[str]) -> list[str]:
   if any(a in ("--help", "-h", "--helpfull", "--helpshort", "-?") for a in argv[1:]):
-    print(__doc__ + "\nFlags:\n" + flags.FLAGS.module_help(sys.modules["cfsnn_jax.command_line"]))
+    flags_help = flags.FLAGS.module_help(sys.modules["cfsnn_jax.config.command_line"])
+    print(__doc__ + "\nFlags:\n" + flags_help)
     sys.exit(0)
   try:
     _PARSED.append(parse_and_validate(argv))
@@ -58,7 +59,7 @@ def main(argv):
   parsed = _PARSED[-1]
   for note in parsed.notes:
     print(note, file=sys.stderr)
-  from cfsnn_jax import xla_cpu
+  from cfsnn_jax.backends import xla_cpu
   xla_cpu.apply()  # CPU-only XLA flags + allocator, before JAX starts (CFSNN_CPU_TUNING=0: off)
   import jax
   if parsed.coordinator_address is not None:
@@ -66,7 +67,8 @@ def main(argv):
                                parsed.process_id)
   elif parsed.distributed:
     jax.distributed.initialize()
-  from cfsnn_jax import run, run_guard
+  from cfsnn_jax import run
+  from cfsnn_jax.training import guard as run_guard
   from cfsnn_jax.data import pipeline
   workdir = parsed.workdir
   if workdir is None:  # a fresh directory per run; multi-process runs must share one

@@ -7,7 +7,7 @@ finished and still under the workdir lock, the end-of-run report: ``curves.png``
 gradient-availability plots, the energy table and ``analysis.json`` (``analysis.report``);
 the report's energy and gradient-available share go into the summary and ``summary.json``.
 A finished workdir gets nothing new. TensorBoard gets the figures as images after the report
-(``tensorboard_summaries.write_figures_run``) and, at every evaluation, the per-layer
+(``metric_writers.write_figures_run``) and, at every evaluation, the per-layer
 statistics of ``analysis.report.tensorboard_statistics`` (the loop's ``on_eval``). ``main``
 calls this; the training loop itself never imports ``analysis``.
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cfsnn_jax import tensorboard_summaries, train
 from cfsnn_jax.analysis import curves, report
+from cfsnn_jax.training import metric_writers, loop as train
 
 
 def run(config: Any, workdir: str) -> dict:
@@ -36,7 +36,7 @@ def run(config: Any, workdir: str) -> dict:
 
   def end_of_run_with_figures(summary: dict, local_dir: str) -> dict:
     extra = end_of_run(summary, local_dir)
-    tensorboard_summaries.write_figures_run(workdir, local_dir, summary["steps"])
+    metric_writers.write_figures_run(workdir, local_dir, summary["steps"])
     return extra
 
   return train.train_and_evaluate(config, workdir, end_of_run=end_of_run_with_figures,

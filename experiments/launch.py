@@ -75,7 +75,7 @@ def parse_sets(sets: list[str]) -> dict:
 def check_point(config_path: str, args: list[str], overrides: dict) -> None:
   """Parses and validates the point's flags as ``cfsnn_jax.main`` does (data paths apart:
   they may exist only where the point runs)."""
-  from cfsnn_jax import command_line as cli
+  from cfsnn_jax.config import command_line as cli
   try:
     cli.parse_and_validate(["launch", f"--config={config_path}", *args], check_paths=False)
   except UserError as e:

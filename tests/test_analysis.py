@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfsnn_jax import layers, neurons
+from cfsnn_jax.neuron import layers, equations as neurons
 from cfsnn_jax.analysis import energy, plots, report, spiking_stats
 from cfsnn_jax.models import resnet, transformer, vgg
 from cfsnn_jax.models.mlp import SpikingMLP
@@ -310,7 +310,7 @@ def test_training_report_writes_every_file(tmp_workdir):
 
 def test_alpha_history_from_checkpoints(tmp_workdir):
   import grain
-  from cfsnn_jax import checkpointing
+  from cfsnn_jax.training import checkpointing
   graphdef, state = _tiny_mlp()
   manager = checkpointing.make_manager(tmp_workdir, keep=3)
   data_iter = iter(grain.MapDataset.range(8).to_iter_dataset())
@@ -347,10 +347,11 @@ def test_energy_cli_refuses_a_workdir_trained_with_another_config(tmp_workdir):
   # CF and LIF parameters have the same shapes: without the check the CF run would be
   # measured silently as a LIF model
   from configs import default
-  from cfsnn_jax import errors, run_paths, workdir
+  from cfsnn_jax import errors
+  from cfsnn_jax.training import workdir as workdir_lib, workdir
   from cfsnn_jax.analysis import energy_cli
   trained = default.get_config("tiny")
-  path = run_paths.workdir_path(tmp_workdir)
+  path = workdir_lib.workdir_path(tmp_workdir)
   (path / "checkpoints" / "6").mkdir(parents=True)  # refused before any restore
   workdir.write_description(path, workdir.run_description(trained),
                             workdir.Status("fresh", path))

@@ -86,7 +86,7 @@ def _reachable(graph, start):
 
 def test_package_imports_have_no_cycle():
   graph = _package_imports()
-  assert len(graph) > 30 and "cfsnn_jax.steps" in graph["cfsnn_jax.train"]
+  assert len(graph) > 30 and "cfsnn_jax.training.steps" in graph["cfsnn_jax.training.loop"]
   assert _find_cycle(graph) is None, " -> ".join(_find_cycle(graph))
 
 
@@ -97,11 +97,11 @@ def test_cycle_finder_sees_a_cycle():
 
 def test_train_never_imports_analysis_and_analysis_never_imports_train():
   graph = _package_imports()
-  assert not {m for m in _reachable(graph, "cfsnn_jax.train")
+  assert not {m for m in _reachable(graph, "cfsnn_jax.training.loop")
               if m.startswith("cfsnn_jax.analysis")}
   for name in graph:
     if name.startswith(("cfsnn_jax.analysis", "cfsnn_jax.data")):
-      assert "cfsnn_jax.train" not in _reachable(graph, name), name
+      assert "cfsnn_jax.training.loop" not in _reachable(graph, name), name
 
 
 def test_config_layer_imports_neither_jax_nor_flax():
@@ -120,8 +120,11 @@ def test_config_layer_imports_neither_jax_nor_flax():
 
 
 def test_registries_export_their_names():
-  from cfsnn_jax import choices, losses, models, neurons, optim, remat
-  from cfsnn_jax.neuron_spec import NEURON_PRESETS, PRESET_NAMES, SURROGATE_NAMES
+  from cfsnn_jax import models
+  from cfsnn_jax.config import choices
+  from cfsnn_jax.neuron import equations as neurons, remat
+  from cfsnn_jax.training import losses, optim
+  from cfsnn_jax.neuron.spec import NEURON_PRESETS, PRESET_NAMES, SURROGATE_NAMES
   assert tuple(models.MODELS) == choices.MODEL_NAMES
   assert tuple(remat.REMATS) == choices.REMAT_NAMES
   assert tuple(neurons.SURROGATES) == SURROGATE_NAMES
@@ -139,7 +142,9 @@ def test_registries_export_their_names():
     ("neurons_fused.run_neuron(None, None, alpha_T=1, decay=1, bptt='x')", "unknown bptt 'x'"),
 ])
 def test_unknown_names_are_user_errors(call, match):
-  from cfsnn_jax import losses, models, neurons, neurons_fused, remat  # noqa: F401
+  from cfsnn_jax import models  # noqa: F401
+  from cfsnn_jax.neuron import equations as neurons, fused as neurons_fused, remat
+  from cfsnn_jax.training import losses
   from cfsnn_jax.errors import UserError
   with pytest.raises(UserError, match=match):
     eval(call)
@@ -147,15 +152,16 @@ def test_unknown_names_are_user_errors(call, match):
 
 @pytest.mark.parametrize("mode", ["on", "off"])
 def test_backend_workarounds_switch_keeps_values_and_gradients(mode, monkeypatch):
-  """The CPU-measured workarounds (``remat.backend_workarounds``) change scheduling only:
+  """The CPU-measured workarounds (``backends.backend_workarounds``) change scheduling only:
   forced on or off, the neuron's time loop and a checkpointed block give the same values and
   gradients as the reference."""
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from cfsnn_jax import neurons, neurons_fused, remat
+  from cfsnn_jax import backends
+  from cfsnn_jax.neuron import equations as neurons, fused as neurons_fused
   monkeypatch.setenv("CFSNN_BACKEND_WORKAROUNDS", mode)
-  assert remat.backend_workarounds() is (mode == "on")
+  assert backends.backend_workarounds() is (mode == "on")
   assert neurons_fused.default_unroll(4) == (True if mode == "on" else 1)
   spec = neurons.resolve_spec("cf")
   x = jax.random.normal(jax.random.key(0), (4, 3, 5)) * 2
@@ -169,5 +175,5 @@ def test_backend_workarounds_switch_keeps_values_and_gradients(mode, monkeypatch
   block = lambda w, x: jnp.tanh(x @ w) @ w.T  # noqa: E731
   w = jax.random.normal(jax.random.key(1), (5, 5))
   g_plain = jax.grad(lambda w: jnp.sum(block(w, x[0])))(w)
-  g_ckpt = jax.grad(lambda w: jnp.sum(remat.checkpoint(block)(w, x[0])))(w)
+  g_ckpt = jax.grad(lambda w: jnp.sum(backends.checkpoint(block)(w, x[0])))(w)
   np.testing.assert_allclose(g_plain, g_ckpt, rtol=1e-5, atol=1e-6)

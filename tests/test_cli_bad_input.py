@@ -19,7 +19,8 @@ import sys
 
 import pytest
 
-from cfsnn_jax import config_schema, main
+from cfsnn_jax import main
+from cfsnn_jax.config import schema as config_schema
 from cfsnn_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

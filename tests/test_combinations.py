@@ -26,7 +26,8 @@ import jax
 import numpy as np
 import pytest
 
-from cfsnn_jax import main, run, steps
+from cfsnn_jax import main, run
+from cfsnn_jax.training import steps
 
 REMATS = ("none", "neuron", "block", "block_full")
 DTYPES = ("float32", "bfloat16")

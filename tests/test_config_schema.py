@@ -4,7 +4,7 @@ import inspect
 import subprocess
 import sys
 
-from cfsnn_jax import config_schema
+from cfsnn_jax.config import schema as config_schema
 
 _NOT_CONFIG = {"self", "input_shape", "num_classes", "neuron", "static_input", "rngs",
                "vocab_size", "kwargs", "args"}
@@ -29,8 +29,8 @@ def test_model_fields_equal_the_constructors():
 
 
 def test_choices_equal_the_registries():
-  from cfsnn_jax import losses
-  from cfsnn_jax import remat
+  from cfsnn_jax.training import losses
+  from cfsnn_jax.neuron import remat
   assert config_schema.REMATS == tuple(remat.REMATS)
   assert config_schema.TASK_LOSSES == tuple(losses.TASK_LOSSES)
   assert config_schema.PN_VARIANTS == tuple(losses.PN_VARIANTS)
@@ -44,7 +44,7 @@ def test_base_config_holds_every_declared_field_at_its_default():
 
 
 def test_import_does_not_import_jax():
-  code = ("import sys; import cfsnn_jax.config_schema, cfsnn_jax.main; "
+  code = ("import sys; import cfsnn_jax.config.schema, cfsnn_jax.main; "
           "assert 'jax' not in sys.modules and 'flax' not in sys.modules, 'imported jax'")
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
   assert r.returncode == 0, r.stderr
@@ -53,7 +53,7 @@ def test_import_does_not_import_jax():
 def test_warmup_longer_than_an_epoch_based_run_is_refused():
   import pytest
 
-  from cfsnn_jax import optim
+  from cfsnn_jax.training import optim
   from cfsnn_jax.errors import UserError
   cfg = config_schema.base_config().optimizer
   cfg.warmup_steps = 880

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from cfsnn_jax import data, errors, train
+from cfsnn_jax import data, errors
+from cfsnn_jax.training import loop as train
 from cfsnn_jax.configs import cifar10_dvs as cifar10_dvs_config
 from cfsnn_jax.configs import evtouch as evtouch_config
 from cfsnn_jax.data import events, evtouch, fixtures, spikingjelly_layout

@@ -13,7 +13,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import checkpointing, data, layers, neurons, steps, train
+from cfsnn_jax import data
+from cfsnn_jax.neuron import layers, equations as neurons
+from cfsnn_jax.training import checkpointing, steps, loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import layers, losses, neurons
+from cfsnn_jax.neuron import layers, equations as neurons
+from cfsnn_jax.training import losses
 
 
 def test_parameters_by_surrogate_mode():

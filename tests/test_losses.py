@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfsnn_jax import losses
-from cfsnn_jax.neurons import NeuronStats as NeuronAux
+from cfsnn_jax.training import losses
+from cfsnn_jax.neuron.equations import NeuronStats as NeuronAux
 
 
 def _ce(logits, label, eps):

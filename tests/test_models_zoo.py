@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfsnn_jax import layers, models, neurons
+from cfsnn_jax import models
+from cfsnn_jax.neuron import layers, equations as neurons
 
 K = 5  # classes
 B = 2  # batch

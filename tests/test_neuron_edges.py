@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfsnn_jax import layers, neurons, neurons_fused
+from cfsnn_jax.neuron import layers, equations as neurons, fused as neurons_fused
 from cfsnn_jax.errors import UserError
 
 T = 3

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfsnn_jax import neurons as N
+from cfsnn_jax.neuron import equations as N
 
 
 def run(x_T, name="lif", alpha=4.0, decay=None, **overrides):

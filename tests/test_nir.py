@@ -11,10 +11,10 @@ from flax import nnx
 
 nir = pytest.importorskip("nir")
 
-from cfsnn_jax import neurons  # noqa: E402
+from cfsnn_jax.neuron import equations as neurons  # noqa: E402
 from cfsnn_jax.errors import UserError  # noqa: E402
 from cfsnn_jax.interop import nir as cnir  # noqa: E402
-from cfsnn_jax.layers import NeuronFactory  # noqa: E402
+from cfsnn_jax.neuron.layers import NeuronFactory  # noqa: E402
 from cfsnn_jax.models.convnet import SpikingConvNet  # noqa: E402
 from cfsnn_jax.models.mlp import SpikingMLP  # noqa: E402
 from cfsnn_jax.models.resnet import SpikingResNet  # noqa: E402

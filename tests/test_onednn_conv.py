@@ -1,4 +1,4 @@
-"""oneDNN convolution gradients (cfsnn_jax/onednn_conv.py): values and gradients equal to
+"""oneDNN convolution gradients (cfsnn_jax/backends/onednn_conv.py): values and gradients equal to
 ``lax.conv_general_dilated``'s, the fallbacks, the switch, the build's failure modes, and a
 training step that uses them equal to one that does not."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cfsnn_jax import onednn_conv
+from cfsnn_jax.backends import onednn_conv
 
 pytestmark = pytest.mark.skipif(not onednn_conv._build_possible(),
                                 reason="no oneDNN headers / C++ compiler on this machine")

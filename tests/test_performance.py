@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfsnn_jax import config_schema, layers, models, neurons, neurons_fused, steps
+from cfsnn_jax import models
+from cfsnn_jax.config import schema as config_schema
+from cfsnn_jax.neuron import layers, equations as neurons, fused as neurons_fused
+from cfsnn_jax.training import steps
 from cfsnn_jax.data.sources import DatasetInfo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -392,7 +395,7 @@ def test_op_profile_classifies_the_three_convolutions_of_a_gradient():
   docs/PERFORMANCE.md) tell forward, input-gradient and weight-gradient convs apart, by
   library."""
   from benchmarks.op_profile import classify
-  from cfsnn_jax import xla_cpu
+  from cfsnn_jax.backends import xla_cpu
   x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
 
   def loss(x, w):

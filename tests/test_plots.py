@@ -19,7 +19,7 @@ import pytest
 from matplotlib.text import Text
 from PIL import Image
 
-from cfsnn_jax import neurons
+from cfsnn_jax.neuron import equations as neurons
 from cfsnn_jax.analysis import curves, plots, spiking_stats
 
 T = 4
@@ -226,7 +226,7 @@ def test_curves_plot_accuracy_in_percent(figures):
 
 def test_importing_the_package_keeps_the_matplotlib_backend():
   code = ("import matplotlib; matplotlib.use('svg'); "
-          "import cfsnn_jax.train, cfsnn_jax.analysis.plots, cfsnn_jax.analysis.curves, "
+          "import cfsnn_jax.training.loop, cfsnn_jax.analysis.plots, cfsnn_jax.analysis.curves, "
           "cfsnn_jax.analysis.report; print(matplotlib.get_backend())")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=300)

@@ -2,7 +2,7 @@
 
 import io
 
-from cfsnn_jax import progress
+from cfsnn_jax.training import progress
 
 
 def test_line_progress_prints_every_n_steps_and_the_last():

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from cfsnn_jax import neurons, run
+from cfsnn_jax import run
+from cfsnn_jax.neuron import equations as neurons
 from cfsnn_jax.analysis import spiking_stats
 from cfsnn_jax.configs import default as default_config
-from cfsnn_jax.metric_writers import MetricWriter, read_metrics
-from cfsnn_jax.tensorboard_summaries import flat_hparams
+from cfsnn_jax.training.metric_writers import MetricWriter, read_metrics
+from cfsnn_jax.training.metric_writers import flat_hparams
 
 
 def _events(logdir):
@@ -60,7 +61,7 @@ def test_training_run_writes_researcher_tensorboard(tiny_run):
   scalars = tb["scalar"]
   lr = dict(scalars["optimizer/learning_rate"])
   assert len(lr) >= 2
-  from cfsnn_jax import optim
+  from cfsnn_jax.training import optim
   schedule = optim.learning_rate_schedule(config.optimizer, summary["steps"])
   for step, value in lr.items():
     assert value == pytest.approx(float(schedule(step - 1)), rel=1e-5)

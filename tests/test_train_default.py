@@ -8,8 +8,10 @@ import sys
 import jax
 import pytest
 
-from cfsnn_jax import config_schema, run, train
-from cfsnn_jax.metric_writers import read_metrics
+from cfsnn_jax import run
+from cfsnn_jax.config import schema as config_schema
+from cfsnn_jax.training import loop as train
+from cfsnn_jax.training.metric_writers import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)

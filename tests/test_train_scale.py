@@ -17,7 +17,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import checkpointing, data, optim, run, steps, train
+from cfsnn_jax import data, run
+from cfsnn_jax.training import checkpointing, optim, steps, loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -208,7 +209,7 @@ jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 sys.path.insert(0, os.getcwd())
 import numpy as np
 from configs import default
-from cfsnn_jax import train
+from cfsnn_jax.training import loop as train
 config = default.get_config("tiny")
 summary = train.train_and_evaluate(config, sys.argv[3])
 leaves = jax.tree.leaves(summary["state"]["params"])

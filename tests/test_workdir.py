@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from cfsnn_jax import checkpointing, config_schema, run_paths, workdir
+from cfsnn_jax.config import schema as config_schema
+from cfsnn_jax.training import checkpointing, workdir as workdir_lib, workdir
 from cfsnn_jax.errors import UserError
-from cfsnn_jax.metric_writers import MetricWriter, read_metrics
+from cfsnn_jax.training.metric_writers import MetricWriter, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -23,7 +24,7 @@ from configs import default as default_config  # noqa: E402
 
 
 def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
-  root = run_paths.workdir_path(str(tmp_path / "run"))
+  root = workdir_lib.workdir_path(str(tmp_path / "run"))
   config = default_config.get_config("tiny")
   desc = workdir.run_description(config)
   assert set(desc["neuron_spec"]) >= {"levels", "surrogate", "alpha", "reset"}
@@ -38,7 +39,7 @@ def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
   assert workdir.inspect(root, workdir.run_description(config)).kind == "resume"
   from configs import cifar10 as cifar10_config  # tuple-valued data options (mean, std)
   image = cifar10_config.get_config("tiny")
-  image_root = run_paths.workdir_path(str(tmp_path / "image"))
+  image_root = workdir_lib.workdir_path(str(tmp_path / "image"))
   image_root.mkdir()
   image_desc = workdir.run_description(image)
   assert isinstance(image_desc["data_options"]["mean"], list)
@@ -63,7 +64,7 @@ def test_inspect_fresh_resume_finished_and_mismatch(tmp_path):
 
 
 def test_lock_refuses_live_and_foreign_owners_and_takes_over_stale(tmp_path, capsys):
-  root = run_paths.workdir_path(str(tmp_path))
+  root = workdir_lib.workdir_path(str(tmp_path))
   first = workdir.WorkdirLock(root).acquire()
   with pytest.raises(UserError, match=f"in use by pid {os.getpid()} on host"):
     workdir.WorkdirLock(root).acquire()
@@ -190,8 +191,8 @@ def memory_gcs(monkeypatch, tmp_path):
 
 
 def test_gs_workdir_goes_through_epath(memory_gcs, tmp_path):
-  root = run_paths.workdir_path("gs://bucket/run")
-  assert str(root) == "gs://bucket/run" and not run_paths.is_local(root)
+  root = workdir_lib.workdir_path("gs://bucket/run")
+  assert str(root) == "gs://bucket/run" and not workdir_lib.is_local(root)
   config = default_config.get_config("tiny")
   desc = workdir.run_description(config)
   status = workdir.inspect(root, desc)
@@ -215,7 +216,7 @@ def test_gs_workdir_goes_through_epath(memory_gcs, tmp_path):
     MetricWriter(str(root), start_step=1).close()
     assert [r["step"] for r in read_metrics("gs://bucket/run")] == [1]
     from cfsnn_jax.analysis import curves
-    with run_paths.staged_dir(root, inputs=("metrics.jsonl",)) as local:
+    with workdir_lib.staged_dir(root, inputs=("metrics.jsonl",)) as local:
       curves.plot_training_curves(local)
     assert memory_gcs.exists("bucket/run/curves.png")
     manager = checkpointing.make_manager("gs://bucket/run")
@@ -224,7 +225,7 @@ def test_gs_workdir_goes_through_epath(memory_gcs, tmp_path):
     manager.close()
   assert not memory_gcs.exists("bucket/run/run.lock")
   assert workdir.inspect(root, desc).kind == "resume"
-  run_paths.write_text_atomic(root / "summary.json", json.dumps({"test_accuracy": 1.0}))
+  workdir_lib.write_text_atomic(root / "summary.json", json.dumps({"test_accuracy": 1.0}))
   assert workdir.inspect(root, desc).kind == "finished"
   assert not os.path.exists(tmp_path / "gs:")
 

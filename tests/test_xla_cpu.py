@@ -1,4 +1,4 @@
-"""cfsnn_jax.xla_cpu: the CPU-only XLA flags reach XLA (no YNNPACK convolution in the
+"""cfsnn_jax.backends.xla_cpu: the CPU-only XLA flags reach XLA (no YNNPACK convolution in the
 compiled program, YNNPACK dots kept), only on CPU, switchable off, never overriding a flag the
 user set; the benchmark's per-executable option set equals the CLI's XLA_FLAGS."""
 
@@ -10,13 +10,13 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from cfsnn_jax import xla_cpu
+from cfsnn_jax.backends import switches, xla_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _PROBE = r"""
 import json, os, re, sys
-from cfsnn_jax import xla_cpu
+from cfsnn_jax.backends import xla_cpu
 applied = xla_cpu.apply()
 import jax, jax.numpy as jnp
 x, w, m = jnp.ones((2, 8, 8, 32)), jnp.ones((3, 3, 32, 32)), jnp.ones((64, 64))
@@ -70,12 +70,12 @@ def test_a_flag_the_user_set_is_kept():
 def test_off_by_default_when_an_accelerator_is_asked_for(monkeypatch):
   monkeypatch.delenv(xla_cpu.ENV_SWITCH, raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
-  assert xla_cpu.cpu_expected()[0] is False
+  assert switches.cpu_expected()[0] is False
   assert xla_cpu.apply() == {"enabled": False, "reason": "JAX_PLATFORMS=cuda,cpu", "late": False}
   monkeypatch.setenv("JAX_PLATFORMS", "tpu")
   assert xla_cpu.apply()["enabled"] is False
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert xla_cpu.cpu_expected()[0] is True
+  assert switches.cpu_expected()[0] is True
 
 
 def test_too_late_in_a_running_process_changes_nothing(monkeypatch):

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cfsnn_jax.analysis import plots
-from cfsnn_jax.metric_writers import read_metrics
+from cfsnn_jax.training.metric_writers import read_metrics
 
 
 def training_curves_figure(rows: list[dict]) -> Figure:

@@ -5,8 +5,8 @@ It rebuilds the training state of ``--config`` (``steps.create_train_state``, im
 ``--workdir`` if there is one (fresh parameters otherwise,
 said on stdout), runs ``--num_batches`` test batches, prints the per-layer table and writes
 ``energy.json`` + ``energy.md`` into the workdir. Flags are parsed in ``run()`` by
-``cfsnn_jax.command_line.parse_and_validate`` (a config path or name, ``:tiny``, the config schema,
-one ``error:`` line per bad input) on a private flag set, so this module can be imported
+``cfsnn_jax.config.command_line.parse_and_validate`` (a config path or name, ``:tiny``, the
+config schema, one ``error:`` line per bad input) on a private flag set, so this module can be imported
 next to ``cfsnn_jax.main``.
 """
 
@@ -19,7 +19,9 @@ import sys
 def main(config, workdir: str, num_batches: int, e_mac_pj: float, e_ac_pj: float) -> int:
   from flax import nnx
 
-  from cfsnn_jax import checkpointing, config_schema, data, steps
+  from cfsnn_jax import data
+  from cfsnn_jax.config import schema as config_schema
+  from cfsnn_jax.training import checkpointing, steps
   from cfsnn_jax.analysis import energy, spiking_stats
   from cfsnn_jax.data import pipeline
 
@@ -63,10 +65,9 @@ def _check_same_run(config, workdir: str) -> None:
   ``model.remat``: it changes only the backward pass's memory, never the forward values)."""
   import json
 
-  from cfsnn_jax import run_paths
-  from cfsnn_jax import workdir as workdir_lib
+  from cfsnn_jax.training import workdir as workdir_lib
   from cfsnn_jax.errors import UserError
-  path = run_paths.workdir_path(workdir)
+  path = workdir_lib.workdir_path(workdir)
   description = workdir_lib.run_description(config)
   try:
     saved = json.loads((path / workdir_lib.CONFIG_FILE).read_text())
@@ -87,7 +88,7 @@ def run(argv: list[str] | None = None) -> None:
   ``--num_batches``, ``--e_mac``, ``--e_ac``; every bad input is one ``error:`` line."""
   from absl import logging
 
-  from cfsnn_jax import command_line as cli
+  from cfsnn_jax.config import command_line as cli
   from cfsnn_jax.errors import UserError
 
   argv = list(sys.argv if argv is None else argv)

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax.layers import SpikingNeuron
+from cfsnn_jax.neuron.layers import SpikingNeuron
 
 
 def model_input(batch: Any, static_input: bool) -> np.ndarray:

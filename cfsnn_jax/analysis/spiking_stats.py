@@ -39,9 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import checkpointing, neurons
+from cfsnn_jax.neuron import equations as neurons
+from cfsnn_jax.training import checkpointing
 from cfsnn_jax.analysis import inputs
-from cfsnn_jax.layers import (SpikingNeuron, layer_name, neuron_parameters,  # noqa: F401
+from cfsnn_jax.neuron.layers import (SpikingNeuron, layer_name, neuron_parameters,  # noqa: F401
                               neuron_scalars)
 
 
@@ -279,7 +280,7 @@ def neuron_history_from_metrics(workdir: str) -> dict:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return _empty_history("metrics")
-  from cfsnn_jax.metric_writers import read_metrics
+  from cfsnn_jax.training.metric_writers import read_metrics
   rows = [(int(r["step"]), r) for r in read_metrics(workdir)
           if any(k.startswith(("alpha/", "theta_ema/")) for k in r)]
   return _history_from_rows(sorted(rows, key=lambda r: r[0]), "metrics")

@@ -13,7 +13,7 @@ parameters), cosine schedule, label smoothing 0.1, random crop (pad 4) + flip + 
 DS-ATGO's 100 is kept in its own configs). ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import recipes
+from cfsnn_jax.config import recipes
 
 
 def get_config(arg=None):

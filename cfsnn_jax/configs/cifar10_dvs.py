@@ -12,7 +12,8 @@ lr 1e-3, cosine, 200 epochs, batch 32, random flip + shift (data defaults). Spli
 published in cfsnn_jax/data/splits (90/10 per class). ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, data, recipes
+from cfsnn_jax import data
+from cfsnn_jax.config import schema as config_schema, recipes
 
 
 def get_config(arg=None):

@@ -11,7 +11,8 @@ we run 300 epochs with 20 warm-up epochs (~15.6k steps at batch 64 = 20 epochs).
 ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, data
+from cfsnn_jax import data
+from cfsnn_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

@@ -10,7 +10,7 @@ time-mean logits + 1e-3 PN loss (mean variant), AdamW lr 3e-3 cosine, batch 64, 
 seed 0. ``:tiny`` runs a few steps (CI).
 """
 
-from cfsnn_jax import config_schema
+from cfsnn_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ weight decay 1e-4, cosine, 400 epochs, batch 100, label smoothing 0.1, crop + fl
 AutoAugment. Reported: 80.59 +- 0.17 %. ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import recipes
+from cfsnn_jax.config import recipes
 
 
 def get_config(arg=None):

@@ -11,7 +11,8 @@ in the DVS recipe of METHOD.md §5; AdamW lr 1e-3, cosine, 200 epochs, batch 32 
 no DVS optimizer). Reported: 83.70 +- 0.41 %. ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, data, recipes
+from cfsnn_jax import data
+from cfsnn_jax.config import schema as config_schema, recipes
 
 
 def get_config(arg=None):

@@ -11,7 +11,8 @@ AdamW lr 1e-3, cosine, 200 epochs, batch 16 (our choice: the spec names no gestu
 ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, data, recipes
+from cfsnn_jax import data
+from cfsnn_jax.config import schema as config_schema, recipes
 
 
 def get_config(arg=None):

@@ -10,7 +10,8 @@ T = 20 frames, MLP 256-256, AdamW lr 1e-3, cosine, 100 epochs, batch 16.
 ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, data
+from cfsnn_jax import data
+from cfsnn_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

@@ -11,7 +11,7 @@ AdamW lr 2e-3 cosine, batch 64, 8 epochs, seed 0. The neuron preset is overridab
 ``:tiny`` runs a few steps (CI).
 """
 
-from cfsnn_jax import config_schema
+from cfsnn_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

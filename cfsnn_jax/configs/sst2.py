@@ -12,7 +12,7 @@ The GLUE test split has no labels, so the validation split is the test split.
 ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import recipes
+from cfsnn_jax.config import recipes
 
 
 def get_config(arg=None):

@@ -12,7 +12,7 @@ Labels are the root labels of the PTB trees (5 classes); the test file is the te
 ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import recipes
+from cfsnn_jax.config import recipes
 
 
 def get_config(arg=None):

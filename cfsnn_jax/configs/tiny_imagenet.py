@@ -10,7 +10,8 @@ label smoothing 0.1, crop (pad 4) + flip, 200 epochs, batch 128 (our choice foll
 CIFAR recipe; the spec gives none for ImageNet-200). ``:tiny`` runs 3 steps on a fixture.
 """
 
-from cfsnn_jax import config_schema, data
+from cfsnn_jax import data
+from cfsnn_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

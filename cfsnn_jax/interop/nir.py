@@ -42,9 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import neurons
+from cfsnn_jax.neuron import equations as neurons
 from cfsnn_jax.errors import UserError
-from cfsnn_jax.layers import NeuronFactory, SpikingNeuron, collect_aux, fold, unfold
+from cfsnn_jax.neuron.layers import NeuronFactory, SpikingNeuron, collect_aux, fold, unfold
 from cfsnn_jax.models.common import TimeBatchNorm
 
 DT = 1.0  # one time step of ours = one Euler step of dt in NIR's continuous-time neurons

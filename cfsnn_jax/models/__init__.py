@@ -12,10 +12,10 @@ from typing import Any, Callable, Sequence
 
 from flax import nnx
 
-from cfsnn_jax.choices import MODEL_NAMES
+from cfsnn_jax.config.choices import MODEL_NAMES
 from cfsnn_jax.errors import unknown_choice
-from cfsnn_jax.layers import NeuronFactory
-from cfsnn_jax.remat import REMATS, validate_remat  # noqa: F401  (re-exported)
+from cfsnn_jax.neuron.layers import NeuronFactory
+from cfsnn_jax.neuron.remat import REMATS, validate_remat  # noqa: F401  (re-exported)
 from cfsnn_jax.models.convnet import SpikingConvNet
 from cfsnn_jax.models.mlp import SpikingMLP
 from cfsnn_jax.models.resnet import resnet18, resnet19, resnet20

@@ -11,7 +11,7 @@ Conventions every family follows:
 - a spiking layer's attribute is named ``neuron`` / ``<role>_neuron`` (lists: ``neurons`` /
   ``<role>_neurons``); the module path is the layer's name in metric keys and reports;
 - convolutions are ``conv(...)``: ``nnx.Conv`` without bias whose convolution is
-  ``onednn_conv.conv_general_dilated`` (oneDNN gradients on CPU runs, XLA's elsewhere);
+  ``backends.conv_general_dilated`` (oneDNN gradients on CPU runs, XLA's elsewhere);
 - every model takes ``remat`` (``remat.REMATS``, ``config.model.remat``): ``remat_neuron``
   gives the model's neuron factory, ``remat_block(remat)(fn)`` checkpoints one block / unit.
 """
@@ -24,17 +24,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfsnn_jax import onednn_conv
+from cfsnn_jax import backends
 from cfsnn_jax.errors import UserError
-from cfsnn_jax.layers import NeuronFactory, fold, per_step, unfold
-from cfsnn_jax.remat import remat_neuron
+from cfsnn_jax.neuron.layers import NeuronFactory, fold, per_step, unfold
+from cfsnn_jax.neuron.remat import remat_neuron
 
 
 def conv(in_ch: int, out_ch: int, kernel: tuple[int, int], *, rngs: nnx.Rngs,
          strides: int = 1) -> nnx.Conv:
-  """A bias-free ``nnx.Conv`` (NHWC, SAME padding) on ``onednn_conv``'s convolution."""
+  """A bias-free ``nnx.Conv`` (NHWC, SAME padding) on ``backends.conv_general_dilated``."""
   return nnx.Conv(in_ch, out_ch, kernel, strides=strides, use_bias=False, rngs=rngs,
-                  conv_general_dilated=onednn_conv.conv_general_dilated)
+                  conv_general_dilated=backends.conv_general_dilated)
 
 
 def call_module(module: nnx.Module, *args):

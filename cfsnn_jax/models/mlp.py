@@ -13,10 +13,10 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
+from cfsnn_jax.neuron.layers import NeuronFactory, collect_aux, per_step
 from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_model_input, init_model,
                                      layer_bn_neuron, to_time_major)
-from cfsnn_jax.remat import remat_block
+from cfsnn_jax.neuron.remat import remat_block
 
 
 class SpikingMLP(nnx.Module):

@@ -27,10 +27,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfsnn_jax.errors import UserError, unknown_choice
-from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
+from cfsnn_jax.neuron.layers import NeuronFactory, collect_aux, per_step
 from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_hwc,
                                      check_model_input, conv, init_model, to_time_major)
-from cfsnn_jax.remat import remat_block
+from cfsnn_jax.neuron.remat import remat_block
 
 RESIDUALS = ("standard", "sew_add")
 

@@ -39,11 +39,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cfsnn_jax.errors import UserError, unknown_choice
-from cfsnn_jax.layers import NeuronFactory, NeuronStats, SpikingNeuron, collect_aux, per_step
+from cfsnn_jax.neuron.layers import NeuronFactory, NeuronStats, SpikingNeuron, collect_aux, per_step
 from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, call_module, check_hwc,
                                      check_model_input, conv, init_model, layer_bn_neuron,
                                      to_time_major)
-from cfsnn_jax.remat import remat_block
+from cfsnn_jax.neuron.remat import remat_block
 
 ATTENTIONS = ("ssa", "sdsa")
 

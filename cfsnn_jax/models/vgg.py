@@ -19,10 +19,10 @@ import jax
 from flax import nnx
 
 from cfsnn_jax.errors import UserError
-from cfsnn_jax.layers import NeuronFactory, collect_aux, per_step
+from cfsnn_jax.neuron.layers import NeuronFactory, collect_aux, per_step
 from cfsnn_jax.models.common import (TimeBatchNorm, bn_neuron, check_hwc, check_model_input, conv,
                                      init_model, layer_bn_neuron, to_time_major)
-from cfsnn_jax.remat import remat_block
+from cfsnn_jax.neuron.remat import remat_block
 
 POOL = "A"
 VGGSNN_LAYOUT = (64, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL)

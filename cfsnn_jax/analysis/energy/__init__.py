@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import onednn_conv
+from cfsnn_jax import backends
 from cfsnn_jax.analysis import inputs
 
 E_MAC_PJ = 4.6  # 45 nm multiply-accumulate (METHOD.md §7)
@@ -140,7 +140,7 @@ _CONST = _Tag(False, False, frozenset())
 def _has_spike(eqn) -> bool:
   """An eqn that is or contains a custom_vjp emits spike-derived values: the custom_vjps of a
   model's forward are the neuron's (the fused BPTT of ``neurons_fused``, or ``neurons.spike``
-  on the reference path) and, on CPU, ``remat.checkpoint``'s wrapper of a block, whose
+  on the reference path) and, on CPU, ``backends.checkpoint``'s wrapper of a block, whose
   outputs are its neurons' spikes too."""
   if eqn.primitive.name.startswith("custom_vjp"):
     return True
@@ -209,7 +209,7 @@ def _interpret(jaxpr, consts, args, arg_tags, sites: list, stats: list | None):
   for eqn in jaxpr.eqns:
     vals, in_tags = zip(*(read(v) for v in eqn.invars)) if eqn.invars else ((), ())
     name = eqn.primitive.name
-    # a custom_vjp holding convs is remat.checkpoint's CPU wrapper of a block: its forward is
+    # a custom_vjp holding convs is backends.checkpoint's CPU wrapper of a block: its forward is
     # evaluated inline (its neurons' own custom_vjps still mark their spikes)
     body = _inline_body(eqn) if name in _INLINE or _is_wrapper_vjp(eqn) else None
     if body is not None:
@@ -286,9 +286,9 @@ def _forward(graphdef) -> Callable:
 
 def _traced(graphdef, state, x, stats: list | None):
   """Traces ``model(x)`` and interprets it; returns the raw sites (and fills ``stats``).
-  Traced on XLA's convolutions (``onednn_conv.xla_only``): every conv is a
+  Traced on XLA's convolutions (``backends.reference_convolutions``): every conv is a
   ``conv_general_dilated`` here, whatever kernels the training step uses."""
-  with onednn_conv.xla_only():
+  with backends.reference_convolutions():
     closed = jax.make_jaxpr(_forward(graphdef))(state, x)
   flat_state = jax.tree.leaves(state)
   args = list(flat_state) + [x]

@@ -12,10 +12,11 @@ Contract:
 - ``enabled() -> bool`` and ``status() -> dict``: whether the kernels are used and why (the
   benchmarks report it). ``with xla_only():`` traces with XLA's convolutions (the energy
   analysis counts synaptic ops on that reference path).
-- Switch: ``CFSNN_ONEDNN_CONV=0`` off, ``=1`` on (if the kernels build); never where the
-  default backend is not the CPU (GPU / TPU: no kernels there, not measured). Unset, they are
-  on where the CPU backend has one device and ``CFSNN_CPU_TUNING`` is not ``0``. A multi-device CPU mesh (the tests) would
-  replicate the custom calls, so auto mode leaves it to XLA.
+- Switch (decided in ``switches.onednn_refusal``): ``CFSNN_ONEDNN_CONV=0`` off, ``=1`` on (if
+  the kernels build); never where the default backend is not the CPU (GPU / TPU: no kernels
+  there, not measured). Unset, they are on where the CPU backend has one device and
+  ``CFSNN_CPU_TUNING`` is not ``0``. A multi-device CPU mesh (the tests) would replicate the
+  custom calls, so auto mode leaves it to XLA.
 - The kernels are compiled at first use (about 4 s, once per machine) with the C++ compiler
   (``$CXX``, else ``c++``) against jaxlib's FFI headers and the ``onednn-devel-cpu-gomp``
   headers, into ``$CFSNN_CACHE_DIR`` (default ``~/.cache/cfsnn_jax``), named by a hash of
@@ -50,7 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-ENV_SWITCH = "CFSNN_ONEDNN_CONV"
+from cfsnn_jax.backends import switches
+
+ENV_SWITCH = switches.ONEDNN_CONV
 SOURCE = Path(__file__).parent / "kernels" / "onednn_conv.cc"
 _TARGETS = {"fwd": "CfsnnConvFwd", "bwd_data": "CfsnnConvBwdData",
             "bwd_weights": "CfsnnConvBwdWeights"}
@@ -58,18 +61,6 @@ _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs / rhs / out specs of N
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}  # "ok": bool, "reason": str, "library": path
 _local = threading.local()  # .xla_only: set inside ``xla_only()``
-
-
-def _switch() -> str:
-  return os.environ.get(ENV_SWITCH, "").strip().lower()
-
-
-def _off(value: str) -> bool:
-  return value in ("0", "false", "off", "no")
-
-
-def _on(value: str) -> bool:  # anything else, unset included, is auto (as CFSNN_CPU_TUNING)
-  return value in ("1", "true", "on", "yes")
 
 
 def _dnnl_prefix() -> Path | None:
@@ -171,17 +162,9 @@ def status() -> dict[str, Any]:
     return {"enabled": False, "reason": reason, "library": None}
   if getattr(_local, "xla_only", False):
     return off("inside xla_only()")
-  switch = _switch()
-  if _off(switch):
-    return off(f"{ENV_SWITCH}={switch}")
-  if jax.default_backend() != "cpu":  # forced or not: the FFI targets exist for the CPU only
-    return off(f"backend {jax.default_backend()} (the kernels are CPU-only)")
-  if not _on(switch):
-    from cfsnn_jax import xla_cpu
-    if _off(os.environ.get(xla_cpu.ENV_SWITCH, "").strip().lower()):
-      return off(f"{xla_cpu.ENV_SWITCH}=0")
-    if jax.device_count() != 1:
-      return off(f"{jax.device_count()} devices (auto: one CPU device)")
+  refusal = switches.onednn_refusal()
+  if refusal is not None:
+    return off(refusal)
   loaded = _load()
   return {"enabled": loaded["ok"], "reason": loaded["reason"], "library": loaded["library"]}
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 MODEL_NAMES = ("mlp", "convnet", "resnet19", "resnet18", "resnet20", "vggsnn", "vgg_cifar",
                "spikformer", "text_transformer")  # cfsnn_jax.models.MODELS
-REMAT_NAMES = ("none", "neuron", "block", "block_full")  # cfsnn_jax.remat.REMATS
-TASK_LOSSES = ("ce", "tet")  # cfsnn_jax.losses.task_loss
-PN_VARIANTS = ("mean", "sign")  # cfsnn_jax.losses.pn_loss
-OPTIMIZERS = ("adamw", "sgd")  # cfsnn_jax.optim.make_optimizer
-SCHEDULES = ("constant", "cosine")  # cfsnn_jax.optim.learning_rate_schedule
+REMAT_NAMES = ("none", "neuron", "block", "block_full")  # cfsnn_jax.neuron.remat.REMATS
+TASK_LOSSES = ("ce", "tet")  # cfsnn_jax.training.losses.task_loss
+PN_VARIANTS = ("mean", "sign")  # cfsnn_jax.training.losses.pn_loss
+OPTIMIZERS = ("adamw", "sgd")  # cfsnn_jax.training.optim.make_optimizer
+SCHEDULES = ("constant", "cosine")  # cfsnn_jax.training.optim.learning_rate_schedule
 COMPUTE_DTYPES = ("bfloat16", "float32")  # config.compute_dtype

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cfsnn_jax.choices import PN_VARIANTS, TASK_LOSSES
+from cfsnn_jax.config.choices import PN_VARIANTS, TASK_LOSSES
 from cfsnn_jax.errors import unknown_choice
-from cfsnn_jax.neurons import NeuronStats
+from cfsnn_jax.neuron.equations import NeuronStats
 
 
 def _smoothed_ce(logits_BK: jax.Array, labels_B: jax.Array, label_smoothing: float) -> jax.Array:

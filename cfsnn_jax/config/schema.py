@@ -32,7 +32,8 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from cfsnn_jax import choices, neuron_spec as neuron_spec_lib
+from cfsnn_jax.config import choices
+from cfsnn_jax.neuron import spec as neuron_spec_lib
 from cfsnn_jax.errors import UserError, unknown_choice
 
 MAX_NUM_STEPS = 512  # T above this: scans / per-step parameters too long to compile sensibly
@@ -273,7 +274,7 @@ def make_tiny(c: ml_collections.ConfigDict, steps: int = 3, batch_size: int = 8)
 
 def describe() -> str:
   """The schema as text for ``--help``: one line per field (path, type, range, doc)."""
-  lines = ["Config fields (--config.FIELD=VALUE; cfsnn_jax/config_schema.py):"]
+  lines = ["Config fields (--config.FIELD=VALUE; cfsnn_jax/config/schema.py):"]
 
   def add(f: Field, indent: str = "  ") -> None:
     rng = f.range_text()

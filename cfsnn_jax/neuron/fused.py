@@ -19,10 +19,9 @@ Backward per step, t = T-1 .. 0, with du = dL/du_t carried from step t+1:
   dlam += sum dh u' (- sum dh x for decay_input);  dalpha_t, dtheta_t as in ``spike``.
   gH includes the cotangents of the statistics (per-step [T] vectors).
 Residuals: H, the thresholds and sharpness used, lam (and x for decay_input); u' and s are
-recomputed from H. XLA:CPU layout choices (measured, docs/PERFORMANCE.md; applied where
-``remat.backend_workarounds()``): the forward is a Python loop for T <= 16 (a while loop's
-stacked outputs start as constant buffers, which XLA:CPU allocates at program start); the
-backward's inputs are tied to the cotangent (``remat.after_cotangent``) so none of its work
+recomputed from H. The backend's schedule (``backends``; on XLA:CPU measured in
+docs/PERFORMANCE.md): the forward's default ``unroll`` is ``backends.time_loop_unroll(T)``; the
+backward's inputs are tied to the cotangent (``backends.after_cotangent``) so none of its work
 is hoisted into the forward pass. On every backend the backward overwrites gS with dx in place.
 """
 
@@ -34,17 +33,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from cfsnn_jax import neurons, remat
+from cfsnn_jax import backends
+from cfsnn_jax.neuron import equations as neurons
 from cfsnn_jax.errors import unknown_choice
-from cfsnn_jax.neuron_spec import BPTT_MODES, NeuronSpec
+from cfsnn_jax.neuron.spec import BPTT_MODES, NeuronSpec
 
 Array = jax.Array
-AUTO_UNROLL_MAX_T = 16  # default_unroll: a Python time loop up to this T (XLA:CPU), else scan
 
 
 def default_unroll(num_steps: int) -> int | bool:
-  """``True`` (a Python time loop) for T <= 16 where the CPU workarounds apply, else 1."""
-  return True if remat.backend_workarounds() and num_steps <= AUTO_UNROLL_MAX_T else 1
+  """``backends.time_loop_unroll``: ``True`` (a Python time loop) for small T where the CPU
+  schedule asks for it, else 1."""
+  return backends.time_loop_unroll(num_steps)
 
 
 def _full_unroll(unroll: int | bool, T: int) -> bool:
@@ -166,8 +166,8 @@ def _neuron_fused_bwd(spec, use_adaptive, unroll, keep_potential, kappa, res, ct
   gS_TB = jnp.zeros(H_TB.shape, dtype) if _zero(gS_TB) else gS_TB.astype(dtype)
   g_pos, g_neg, g_tanh = ((None,) * 3 if gstats is None or _zero(gstats) else
                           tuple(None if _zero(g) else g for g in gstats[:3]))
-  # Nothing below may run before the cotangent exists (see remat.after_cotangent).
-  theta_used_T, alpha_used_T, stat_cts = remat.after_cotangent(
+  # Nothing below may run before the cotangent exists (see backends.after_cotangent).
+  theta_used_T, alpha_used_T, stat_cts = backends.after_cotangent(
       (theta_used_T, alpha_used_T, (g_pos, g_neg, g_tanh)), gS_TB)
 
   def u_before(t):
@@ -235,7 +235,7 @@ def _neuron_fused_bwd(spec, use_adaptive, unroll, keep_potential, kappa, res, ct
     G = jax.lax.dynamic_update_index_in_dim(G, dx.astype(dtype), t, 0)
     return (lam * dh, dlam, G), (dalpha, dtheta)
 
-  carry0 = remat.after_cotangent((jnp.zeros(H_TB.shape[1:], f32), jnp.zeros((), f32)), gS_TB)
+  carry0 = backends.after_cotangent((jnp.zeros(H_TB.shape[1:], f32), jnp.zeros((), f32)), gS_TB)
   xs = (jnp.arange(T), theta_used_T, alpha_used_T) + tuple(stat_cts)
   # The backward is never fully unrolled: XLA would fuse the T steps' recurrence into one
   # loop that re-evaluates it per output step (quadratic in T).

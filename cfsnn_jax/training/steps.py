@@ -30,9 +30,11 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import config_schema, losses, models, optim, run_guard
-from cfsnn_jax.layers import NeuronFactory
-from cfsnn_jax.neurons import NeuronStats
+from cfsnn_jax import models
+from cfsnn_jax.config import schema as config_schema
+from cfsnn_jax.training import losses, optim, guard as run_guard
+from cfsnn_jax.neuron.layers import NeuronFactory
+from cfsnn_jax.neuron.equations import NeuronStats
 
 State = dict[str, Any]
 

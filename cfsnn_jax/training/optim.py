@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import optax
 
-from cfsnn_jax.choices import OPTIMIZERS
+from cfsnn_jax.config.choices import OPTIMIZERS
 from cfsnn_jax.errors import unknown_choice
 
 

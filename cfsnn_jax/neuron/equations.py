@@ -36,7 +36,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cfsnn_jax.neuron_spec import (  # noqa: F401  (re-exported: the neuron's data side)
+from cfsnn_jax.neuron.spec import (  # noqa: F401  (re-exported: the neuron's data side)
     ACTIVATIONS, BPTT_MODES, CHARGES, DYNAMIC_STATS, NEURON_PRESETS, RESETS,
     SURROGATE_DEFAULT_ALPHA, SURROGATE_MODES, THRESHOLD_MODES, NeuronSpec, lif_decay,
     resolve_spec, spec_dict, validate_num_steps, validate_spec)

@@ -11,8 +11,8 @@ at the end), each with the run's history (best accuracy, time, images), so a res
 records and summary equal an uninterrupted run's. What the workdir holds decides fresh /
 resume / finished / refused (``workdir.inspect``, before anything is written); ``run_guard``
 stops the run on a signal or a non-finite value (never saved). Only process 0 writes files,
-all through ``run_paths`` (etils.epath). The summary also carries what the end-of-run report
-needs (``state``, ``eval_graphdef``, ``eval_batches``); the report itself is ``run.run``'s
+all through ``workdir``'s path layer (etils.epath). The summary also carries what the
+end-of-run report needs (``state``, ``eval_graphdef``, ``eval_batches``); the report itself is ``run.run``'s
 ``end_of_run`` callback (this module never imports ``analysis``).
 """
 
@@ -27,13 +27,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import checkpointing, config_schema, data, layers, optim, progress, run_guard
-from cfsnn_jax import run_paths
-from cfsnn_jax import steps
-from cfsnn_jax import workdir as workdir_lib
+from cfsnn_jax import data
+from cfsnn_jax.config import schema as config_schema
 from cfsnn_jax.data import pipeline
 from cfsnn_jax.errors import UserError
-from cfsnn_jax.metric_writers import METRICS_FILE, MetricWriter
+from cfsnn_jax.neuron import layers
+from cfsnn_jax.training import checkpointing, optim, progress, steps, guard as run_guard
+from cfsnn_jax.training import workdir as workdir_lib
+from cfsnn_jax.training.metric_writers import METRICS_FILE, MetricWriter
 
 State = steps.State
 
@@ -70,7 +71,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
   """
   config_schema.validate_config(config)
   is_writer = jax.process_index() == 0
-  root = run_paths.workdir_path(workdir)
+  root = workdir_lib.workdir_path(workdir)
   description = workdir_lib.run_description(config)
   status = workdir_lib.inspect(root, description)  # reads only; refuses another run's workdir
   if status.kind == "finished":
@@ -83,7 +84,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
     try:
       root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-      raise run_paths.fs_error(root, e) from None
+      raise workdir_lib.fs_error(root, e) from None
   lock = workdir_lib.WorkdirLock(root).acquire() if is_writer else None
   try:
     if is_writer:
@@ -231,14 +232,14 @@ def _train(config: Any, root: Any, description: dict, signals: run_guard.StopSig
              "images_per_s": history["images"] / max(train_time, 1e-9), "steps": total_steps,
              "num_params": num_params}
   if is_writer and end_of_run is not None:  # the report, into the workdir (staged if remote)
-    with run_paths.staged_dir(root, inputs=(METRICS_FILE,)) as local:
+    with workdir_lib.staged_dir(root, inputs=(METRICS_FILE,)) as local:
       summary.update(end_of_run(dict(summary, state=state, eval_graphdef=eval_graphdef,
                                      eval_batches=eval_batches), local))
   writer.write(total_steps, "summary", summary)
   writer.write_hparams(config, summary)  # the config as TensorBoard hparams
   writer.close()
   if is_writer:  # written last: its presence marks the workdir finished
-    run_paths.write_text_atomic(root / workdir_lib.SUMMARY_FILE,
+    workdir_lib.write_text_atomic(root / workdir_lib.SUMMARY_FILE,
                                 json.dumps(summary, indent=2) + "\n")
     print(workdir_lib.summary_line(summary, root), flush=True)
   summary.update(state=state, eval_graphdef=eval_graphdef, eval_batches=eval_batches)

@@ -8,8 +8,8 @@ benchmarks; it returns a dict saying what it did (the benchmarks report it). It
   ``GLIBC_TUNABLES`` string) so XLA's per-step buffers are reused instead of unmapped and
   page-faulted again every step,
 
-only where the run will be on the CPU: ``CFSNN_CPU_TUNING=0`` switches both off, ``=1``
-forces them on; unset (auto) they are off when ``JAX_PLATFORMS`` names an accelerator first
+only where the run will be on the CPU (``switches.cpu_tuning``): ``CFSNN_CPU_TUNING=0``
+switches both off, ``=1`` forces them on; unset (auto) they are off when ``JAX_PLATFORMS`` names an accelerator first
 or an accelerator plugin (CUDA / ROCm / TPU) is installed and ``JAX_PLATFORMS`` does not
 say ``cpu``. Nothing here is measured on GPU/TPU, so nothing is applied there by default.
 Called after the backend is up, it changes nothing and says so (``"late": True``).
@@ -25,11 +25,12 @@ only.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 from typing import Any
 
-ENV_SWITCH = "CFSNN_CPU_TUNING"
+from cfsnn_jax.backends import switches
+
+ENV_SWITCH = switches.CPU_TUNING
 
 # XLA_FLAGS syntax ('-x' removes x from jaxlib's default list of YNNPACK fusion types).
 CPU_XLA_FLAGS: dict[str, str] = {
@@ -47,33 +48,10 @@ _COMPILER_OPTIONS: dict[str, Any] = {
 TUNED_MALLOC = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                 "glibc.malloc.trim_threshold=68719476736")
 
-_ACCELERATOR_PLUGINS = ("jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13", "jax_cuda12_plugin",
-                        "jax_cuda13_plugin", "jax_plugins.xla_rocm", "jax_rocm60_plugin",
-                        "jax_rocm7_plugin", "libtpu")
-
-
 def compiler_options() -> dict[str, Any]:
   """``CPU_XLA_FLAGS`` as ``jax.jit(...).lower(...).compile(compiler_options=...)`` takes
   them (the benchmarks compare option sets in one process this way)."""
   return dict(_COMPILER_OPTIONS)
-
-
-def _installed(module: str) -> bool:
-  try:
-    return importlib.util.find_spec(module) is not None
-  except (ImportError, ValueError):
-    return False
-
-
-def cpu_expected() -> tuple[bool, str]:
-  """(whether this process will run on the CPU backend, why), decided before JAX starts."""
-  platforms = [p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
-  if platforms:
-    return platforms[0] == "cpu", f"JAX_PLATFORMS={','.join(platforms)}"
-  found = [m for m in _ACCELERATOR_PLUGINS if _installed(m)]
-  if found:
-    return False, f"accelerator plugin {found[0]} installed"
-  return True, "no accelerator plugin installed"
 
 
 def _backend_started() -> bool:
@@ -106,15 +84,7 @@ def xla_flags_with(flags: dict[str, str], current: str) -> str:
 def apply(enabled: bool | None = None) -> dict[str, Any]:
   """Applies the CPU settings (see the module docstring); ``enabled`` overrides the
   environment switch. Returns what was decided and set."""
-  env = os.environ.get(ENV_SWITCH, "").strip().lower()
-  if enabled is None and env in ("0", "false", "off", "no"):
-    enabled, why = False, f"{ENV_SWITCH}={env}"
-  elif enabled is None and env in ("1", "true", "on", "yes"):
-    enabled, why = True, f"{ENV_SWITCH}={env}"
-  elif enabled is None:
-    enabled, why = cpu_expected()
-  else:
-    why = "requested" if enabled else "switched off by the caller"
+  enabled, why = switches.cpu_tuning(enabled)
   out: dict[str, Any] = {"enabled": bool(enabled), "reason": why, "late": False}
   if not enabled:
     return out

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from cfsnn_jax import config_schema, data
+from cfsnn_jax import data
+from cfsnn_jax.config import schema as config_schema
 
 
 def _sgd_cifar(c: ml_collections.ConfigDict) -> None:

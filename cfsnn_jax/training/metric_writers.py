@@ -1,8 +1,19 @@
-"""TensorBoard contents beyond scalars, as methods ``MetricWriter`` inherits (tensorboardX, no TF).
+"""Scalar metrics to JSONL (``metrics.jsonl``) and TensorBoard (tensorboardX, no TF).
 
-Contract: a mixin for ``metric_writers.MetricWriter`` that uses only its ``enabled``, ``_tb``
-(a tensorboardX ``SummaryWriter``) and ``write(step, split, scalars)``; every method does
-nothing on a disabled writer (processes other than 0). What each adds, and its tags:
+Contract: only process 0 writes; other processes get a writer that does nothing. Each JSONL
+line is ``{"step": int, "split": str, <name>: float, ...}``. ``MetricWriter(workdir,
+start_step=S)`` continues a run restored at step ``S``: rows of later steps (replayed after
+the resume) and ``summary`` rows are dropped from ``metrics.jsonl`` and TensorBoard purges its
+events from step ``S + 1`` on, so every step is recorded exactly once. ``flush()`` makes what
+was written durable (called with every checkpoint). Every file goes through ``etils.epath``:
+on an object store (``gs://``) the JSONL is rewritten as a whole at each flush and the
+TensorBoard event file is uploaded by an epath record writer. ``read_metrics(workdir)``
+reports a line that does not parse with ``file:line`` on stderr and skips it.
+
+TensorBoard contents beyond scalars live in the mixin ``TensorBoardSummaries``, which
+``MetricWriter`` inherits; it uses only the writer's ``enabled``, ``_tb`` (a tensorboardX
+``SummaryWriter``) and ``write(step, split, scalars)``, and every method does nothing on a
+disabled writer (processes other than 0). What each adds, and its tags:
 - ``track_learning_rate(schedule)`` + ``write_learning_rate(step)``: the optax schedule's
   value used by the update that produced ``step`` (``schedule(step - 1)``), as the scalar
   ``optimizer/learning_rate`` (also in ``metrics.jsonl``, split ``optimizer``).
@@ -23,10 +34,73 @@ nothing on a disabled writer (processes other than 0). What each adds, and its t
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import sys
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from etils import epath
+
+from cfsnn_jax.training import workdir as workdir_lib
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _parse(path: epath.Path, text: str, *, report: bool = True) -> list[dict]:
+  rows = []
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      if not (isinstance(row, dict) and isinstance(row.get("step"), int) and "split" in row):
+        raise ValueError("not a metrics record")
+    except ValueError:
+      if report:
+        print(f"cfsnn_jax: {path}:{number}: not a metrics record, skipped: {line[:60]!r}",
+              file=sys.stderr, flush=True)
+      continue
+    rows.append(row)
+  return rows
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  path = workdir_lib.workdir_path(workdir) / METRICS_FILE
+  return _parse(path, path.read_text())
+
+
+class _EpathRecordWriter:
+  """tensorboardX record writer for object stores: buffers, uploads the whole file on flush."""
+
+  def __init__(self, path: str):
+    self.path = epath.Path(path)
+    self.buffer = io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    self.path.write_bytes(self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathWriterFactory:
+
+  def open(self, path: str) -> _EpathRecordWriter:
+    return _EpathRecordWriter(path)
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_tensorboard_backends() -> None:
+  from tensorboardX import record_writer
+  for scheme in ("gs", "s3", "az", "hf"):
+    record_writer.register_writer_factory(scheme, _EpathWriterFactory())
 
 FIGURES = ("curves.png", "firing_rates.png", "membrane_hist.png", "grad_available.png",
            "alphas.png")
@@ -132,3 +206,69 @@ def write_figures_run(workdir: str | os.PathLike, figures_dir: str | os.PathLike
     return _FiguresWriter(tb).write_figures(int(step), figures_dir)
   finally:
     tb.close()
+
+
+class MetricWriter(TensorBoardSummaries):  # + learning rate, per-layer stats, figures, hparams
+
+  def __init__(self, workdir: str | os.PathLike, enabled: bool = True, start_step: int = 0):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    root = workdir_lib.workdir_path(workdir)
+    self.path = root / METRICS_FILE
+    self._local = workdir_lib.is_local(root)
+    try:
+      root.mkdir(parents=True, exist_ok=True)
+      old = _parse(self.path, self.path.read_text()) if self.path.exists() else []
+      kept = [r for r in old if r["step"] <= start_step and r["split"] != "summary"]
+      self._rows = [json.dumps(r) for r in kept]  # remote: the whole file, rewritten on flush
+      if self.path.exists():
+        workdir_lib.write_text_atomic(self.path, "".join(l + "\n" for l in self._rows))
+      if self._local:
+        self._jsonl = open(self.path, "a", buffering=1)
+    except OSError as e:
+      raise workdir_lib.fs_error(self.path, e) from None
+    from tensorboardX import SummaryWriter
+    _register_tensorboard_backends()
+    tb_dir = root / "tensorboard"
+    purge = start_step + 1 if tb_dir.exists() else None
+    self._tb = SummaryWriter(os.fspath(tb_dir), purge_step=purge)
+
+  def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), "split": split}
+    row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    line = json.dumps(row)
+    try:
+      if self._local:
+        self._jsonl.write(line + "\n")
+      else:
+        self._rows.append(line)
+    except OSError as e:
+      raise workdir_lib.fs_error(self.path, e) from None
+    for k, v in row.items():
+      if k not in ("step", "split"):
+        self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+  def flush(self) -> None:
+    if not self.enabled:
+      return
+    try:
+      if self._local:
+        self._jsonl.flush()
+        os.fsync(self._jsonl.fileno())
+      else:
+        self.path.write_text("".join(l + "\n" for l in self._rows))
+    except OSError as e:
+      raise workdir_lib.fs_error(self.path, e) from None
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.flush()
+      if self._local:
+        self._jsonl.close()
+      self._tb.close()

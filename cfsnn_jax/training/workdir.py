@@ -17,25 +17,121 @@ Contract:
   pid, process start time and a random token. ``acquire()`` creates it atomically
   (``O_EXCL`` on local disks); a lock left by a dead process of this host is taken over, a
   live or foreign owner refuses with one line. ``release()`` removes it if it is still ours.
+- Paths, the one layer for everything a run reads or writes in its workdir (``etils.epath``):
+  ``workdir_path(s)`` turns the ``--workdir`` string into an ``epath.Path`` (local paths are
+  made absolute; ``gs://``, ``s3://`` ... stay URIs and go through epath's fsspec backend, the
+  same layer orbax uses), rejecting an empty string with one line. ``write_text_atomic``
+  writes a whole file so that a reader sees the old or the new content, never half (local:
+  temporary file + ``os.replace``; object stores: a single object upload is already atomic).
+  ``fs_error(path, exc)`` turns an ``OSError`` (not a directory, read-only, disk full, ...)
+  into a one-line ``UserError`` naming the path. ``staged_dir(workdir, inputs)`` gives code
+  that only knows local files (matplotlib, the analysis report) a local directory: the
+  workdir itself when it is local, otherwise a temporary copy of ``inputs`` whose files are
+  uploaded into the workdir on exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import platform
+import shutil
 import socket
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from typing import Any
 
 from etils import epath
 
-from cfsnn_jax import run_paths
 from cfsnn_jax.errors import UserError
+
+_REASONS = {errno.ENOTDIR: "is not a directory (a file is in the way)",
+            errno.EEXIST: "already exists and is not a directory",
+            errno.EACCES: "is not writable (permission denied)",
+            errno.EPERM: "is not writable (operation not permitted)",
+            errno.EROFS: "is on a read-only filesystem",
+            errno.ENOSPC: "cannot be written: no space left on the device",
+            errno.EDQUOT: "cannot be written: disk quota exceeded",
+            errno.ENOENT: "does not exist"}
+
+
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+  text = os.fspath(workdir).strip() if workdir is not None else ""
+  if not text:
+    raise UserError("--workdir is empty; give a directory (local or gs://bucket/dir), or "
+                    "leave the flag out for a fresh timestamped one")
+  path = epath.Path(text)
+  return path if not is_local(path) else epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def is_local(path: epath.Path | str) -> bool:
+  """True for paths on the local filesystem (no ``scheme://``)."""
+  return "://" not in os.fspath(path)
+
+
+def fs_error(path: epath.Path | str, exc: BaseException) -> UserError:
+  """A one-line ``UserError`` for a filesystem failure at ``path``."""
+  code = getattr(exc, "errno", None)
+  if isinstance(exc, NotADirectoryError):
+    code = errno.ENOTDIR
+  elif isinstance(exc, PermissionError) and code is None:
+    code = errno.EACCES
+  reason = _REASONS.get(code)
+  if reason is None:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    reason = f"cannot be used: {type(exc).__name__}" + (f": {first}" if first else "")
+  return UserError(f"{path} {reason}")
+
+
+def write_text_atomic(path: epath.Path, text: str) -> None:
+  try:
+    if is_local(path):
+      tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+      with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, os.fspath(path))
+    else:
+      path.write_text(text)
+  except OSError as e:
+    raise fs_error(path, e) from None
+
+
+@contextlib.contextmanager
+def staged_dir(workdir: epath.Path, inputs: Sequence[str] = ()) -> Iterator[str]:
+  """A local directory standing for ``workdir`` (see the module docstring)."""
+  if is_local(workdir):
+    yield os.fspath(workdir)
+    return
+  local = tempfile.mkdtemp(prefix="cfsnn_stage_")
+  try:
+    for name in inputs:
+      if (workdir / name).exists():
+        with open(os.path.join(local, name), "wb") as f:
+          f.write((workdir / name).read_bytes())
+    before = {n: os.path.getmtime(os.path.join(local, n)) for n in os.listdir(local)}
+    yield local
+    for root, _, files in os.walk(local):
+      for name in files:
+        src = os.path.join(root, name)
+        rel = os.path.relpath(src, local)
+        if before.get(rel) == os.path.getmtime(src):
+          continue  # an input left unchanged
+        dst = workdir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as f:
+          dst.write_bytes(f.read())
+  finally:
+    shutil.rmtree(local, ignore_errors=True)
+
 
 # Fields that change how a run reports or saves, never what it computes: they may differ
 # between the runs of one workdir (README "Runs and workdirs"). Not ``data_workers``: the data
@@ -68,7 +164,8 @@ def library_versions() -> dict[str, str]:
 
 
 def run_description(config: Any) -> dict:
-  from cfsnn_jax import config_schema, data  # config_schema imports the registries
+  from cfsnn_jax import data  # config_schema imports the registries
+  from cfsnn_jax.config import schema as config_schema
   try:
     data_opts = data.data_options(config, config.dataset).to_dict()
   except (ValueError, KeyError):
@@ -111,7 +208,7 @@ def _read_json(path: epath.Path) -> Any:
     raise UserError(f"{path} is not valid JSON (line {e.lineno}); move the workdir aside or "
                     "pick another --workdir") from None
   except OSError as e:
-    raise run_paths.fs_error(path, e) from None
+    raise fs_error(path, e) from None
 
 
 def inspect(workdir: epath.Path, description: dict) -> Status:
@@ -121,7 +218,7 @@ def inspect(workdir: epath.Path, description: dict) -> Status:
       raise UserError(f"--workdir {workdir} is a file, not a directory; pick another --workdir")
     has_config = exists and (workdir / CONFIG_FILE).exists()
   except OSError as e:
-    raise run_paths.fs_error(workdir, e) from None
+    raise fs_error(workdir, e) from None
   if not has_config:
     return Status("fresh", workdir)
   saved = {"config": _read_json(workdir / CONFIG_FILE)}
@@ -151,7 +248,7 @@ def _has_checkpoint(workdir: epath.Path) -> bool:
   try:
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
   except OSError as e:
-    raise run_paths.fs_error(directory, e) from None
+    raise fs_error(directory, e) from None
 
 
 def write_description(workdir: epath.Path, description: dict, status: Status) -> None:
@@ -161,12 +258,12 @@ def write_description(workdir: epath.Path, description: dict, status: Status) ->
            "versions": description["versions"]}
   if status.kind == "fresh" or not (workdir / RUN_FILE).exists():
     run = dict(description, starts=[start])
-    run_paths.write_text_atomic(workdir / CONFIG_FILE,
+    write_text_atomic(workdir / CONFIG_FILE,
                                 json.dumps(description["config"], indent=2) + "\n")
   else:
     run = _read_json(workdir / RUN_FILE)
     run.setdefault("starts", []).append(start)
-  run_paths.write_text_atomic(workdir / RUN_FILE, json.dumps(run, indent=2) + "\n")
+  write_text_atomic(workdir / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
 
 def _process_start_time(pid: int) -> str | None:
@@ -200,7 +297,7 @@ class WorkdirLock:
 
   def _create(self) -> bool:
     text = json.dumps(self.owner)
-    if run_paths.is_local(self.path):
+    if is_local(self.path):
       try:
         fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
@@ -246,7 +343,7 @@ class WorkdirLock:
                         f"host {owner.get('host')} (lock file {self.path}); wait for that run, "
                         "or delete the lock file if it is dead")
     except OSError as e:
-      raise run_paths.fs_error(self.path.parent, e) from None
+      raise fs_error(self.path.parent, e) from None
     raise UserError(f"could not take the lock {self.path}; another run is starting there")
 
   def release(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from cfsnn_jax import config_schema
+from cfsnn_jax.config import schema as config_schema
 from cfsnn_jax.errors import UserError, unknown_choice
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")

@@ -34,7 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cfsnn_jax import run_paths
+from cfsnn_jax.training import workdir as workdir_lib
 from cfsnn_jax.errors import UserError
 
 CHECKSUM_KEY = "state_sha256"
@@ -55,7 +55,7 @@ def open_manager(directory: Any, *, read_only: bool, keep: int = 2
                  ) -> ocp.CheckpointManager:
   """The one place a manager is opened: read-write, or read-only (never writes or cleans, for
   a workdir a run may still be writing)."""
-  directory = run_paths.workdir_path(directory)
+  directory = workdir_lib.workdir_path(directory)
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   else:
@@ -64,11 +64,11 @@ def open_manager(directory: Any, *, read_only: bool, keep: int = 2
   try:
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
   except OSError as e:
-    raise run_paths.fs_error(directory, e) from None
+    raise workdir_lib.fs_error(directory, e) from None
 
 
 def make_manager(workdir: Any, keep: int = 2) -> ocp.CheckpointManager:
-  return open_manager(run_paths.workdir_path(workdir) / "checkpoints", read_only=False, keep=keep)
+  return open_manager(workdir_lib.workdir_path(workdir) / "checkpoints", read_only=False, keep=keep)
 
 
 def _path_str(path) -> str:
@@ -125,13 +125,13 @@ def _storage_error(manager: ocp.CheckpointManager, e: BaseException) -> BaseExce
   cause = e
   while cause is not None:
     if isinstance(cause, OSError) and cause.errno is not None:
-      return run_paths.fs_error(manager.directory, cause)
+      return workdir_lib.fs_error(manager.directory, cause)
     text = str(cause)
     for needle, errno_name in (("No space left", "ENOSPC"), ("Read-only file system", "EROFS"),
                                ("Disk quota exceeded", "EDQUOT")):
       if needle in text:
         import errno
-        return run_paths.fs_error(manager.directory,
+        return workdir_lib.fs_error(manager.directory,
                                   OSError(getattr(errno, errno_name), needle))
     cause = cause.__cause__ or cause.__context__
   return e
@@ -262,7 +262,7 @@ def init_from(other_workdir: str, state: Any) -> Any:
   """``state`` with ``params`` and ``rest`` replaced by those of ``other_workdir``'s newest
   intact checkpoint (same model required); optimizer state, step and RNG stay fresh, so the
   other run may have used another optimizer, clipping or schedule."""
-  directory = run_paths.workdir_path(other_workdir) / "checkpoints"
+  directory = workdir_lib.workdir_path(other_workdir) / "checkpoints"
   if not directory.is_dir():
     raise UserError(f"init_from: no checkpoints directory {directory}")
   manager = open_manager(directory, read_only=True)

@@ -22,7 +22,7 @@ Contract:
   alpha, DS-ATGO EMA threshold and decay (``layer_name``: its module path), for logs.
 - ``spec.activation == "relu"``: the ANN twin (performance reference): ReLU in place of the
   neuron, no parameters, an all-zero ``NeuronStats`` of the same shape.
-- ``remat=True`` checkpoints the neuron (``remat.checkpoint``: its backward recomputes the
+- ``remat=True`` checkpoints the neuron (``backends.checkpoint``: its backward recomputes the
   time loop from the input); ``scan_unroll=None`` (default) takes
   ``neurons_fused.default_unroll(T)``.
 """
@@ -38,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfsnn_jax import neuron_spec, neurons, neurons_fused, remat as remat_lib
+from cfsnn_jax import backends
 from cfsnn_jax.errors import UserError
-from cfsnn_jax.neurons import NeuronStats
+from cfsnn_jax.neuron import equations as neurons, fused as neurons_fused, spec as neuron_spec
+from cfsnn_jax.neuron.equations import NeuronStats
 
 NeuronAux = NeuronStats  # the name models and tests used before the two types were merged
 
@@ -65,7 +66,8 @@ def neuron_forward(x_TB: jax.Array, alpha_T: jax.Array, decay: jax.Array,
                    unroll: int | bool, pn_kappa: float, keep_potential: bool = False,
                    bptt: str = "fused") -> tuple[jax.Array, NeuronStats, jax.Array | None]:
   """Pure forward of one spiking layer: ``(S_TB, stats, H_TB or None)``; a function of
-  explicit arguments, so that ``remat.checkpoint`` can wrap it (``SpikingNeuron(remat=True)``)."""
+  explicit arguments, so that ``backends.checkpoint`` can wrap it
+  (``SpikingNeuron(remat=True)``)."""
   S_TB, H_TB, stats = neurons_fused.run_neuron_with_stats(
       x_TB, spec, alpha_T=alpha_T, decay=decay, theta_T=theta_T, training=training,
       unroll=unroll, pn_kappa=pn_kappa, keep_potential=keep_potential, bptt=bptt)
@@ -142,7 +144,7 @@ class SpikingNeuron(nnx.Module):
         neuron_forward, spec=self.spec, training=training, unroll=self.unroll(),
         pn_kappa=self.pn_kappa, keep_potential=self.probe, bptt=self.bptt)
     if self.remat and not self.probe:  # backward recomputes the scan from x_TB
-      forward = remat_lib.checkpoint(forward)
+      forward = backends.checkpoint(forward)
     S_TB, aux, H_TB = forward(x_TB, self.alpha_T(), self.decay(), theta_T)
     if self.theta_ema is not None and training:
       m = self.spec.adaptive_momentum
