@@ -73,7 +73,7 @@ def residual_bytes(config: Any, info: Any) -> int:
   """Bytes the backward pass keeps from the forward pass of ``config``'s loss."""
   import jax
   from flax import nnx
-  from cfsnn_jax import steps
+  from cfsnn_jax.training import steps
   from benchmarks import programs
   built: dict[str, Any] = {}
 

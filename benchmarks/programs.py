@@ -31,7 +31,9 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cfsnn_jax import command_line, data, steps
+from cfsnn_jax import data
+from cfsnn_jax.config import command_line
+from cfsnn_jax.training import steps
 from cfsnn_jax.data.sources import DatasetInfo
 
 # The real data sets as the loaders read them (name -> number of training examples, classes,

@@ -100,7 +100,7 @@ def _onednn_calls(text: str) -> set[str]:
 
 
 def test_cpu_lowering_keeps_the_onednn_kernels():
-  from cfsnn_jax import onednn_conv
+  from cfsnn_jax.backends import onednn_conv
   if not onednn_conv._build_possible():
     pytest.skip("oneDNN kernels cannot be built here (no compiler or oneDNN headers)")
   with environment(HOST):
