@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -32,7 +33,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cfsnn_jax import data
-from cfsnn_jax.config import command_line
 from cfsnn_jax.training import steps
 from cfsnn_jax.data.sources import DatasetInfo
 
@@ -66,7 +66,17 @@ class Programs(NamedTuple):
 
 
 def config_names() -> list[str]:
-  return command_line.shipped_configs()
+  """Every ``cfsnn_jax/configs/*.py`` (the package's shipped configs)."""
+  import cfsnn_jax.configs
+  folder = os.path.dirname(os.path.abspath(cfsnn_jax.configs.__file__))
+  return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+
+
+def config_path(name: str) -> str:
+  """The file of shipped config ``name`` (without ``:variant``)."""
+  import cfsnn_jax.configs
+  return os.path.join(os.path.dirname(os.path.abspath(cfsnn_jax.configs.__file__)),
+                      name.partition(":")[0] + ".py")
 
 
 def load_config(name: str) -> Any:

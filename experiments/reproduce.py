@@ -109,7 +109,8 @@ def table() -> str:
 
 
 def row_command(row: Row, data_dir: str, seed: int, workdir: str) -> list[str]:
-  return [sys.executable, "-m", "cfsnn_jax.main", f"--config={row.config}",
+  from benchmarks import programs
+  return [sys.executable, "-m", "cfsnn_jax.main", f"--config={programs.config_path(row.config)}",
           f"--workdir={workdir}", f"--config.data_dir={data_dir}", f"--config.seed={seed}"]
 
 

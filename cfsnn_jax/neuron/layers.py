@@ -140,9 +140,14 @@ class SpikingNeuron(nnx.Module):
     theta_T = None  # eval: the EMA; training: the EMA replaces a non-finite batch statistic
     if self.theta_ema is not None:
       theta_T = self.theta_ema[...]
-    forward = functools.partial(
-        neuron_forward, spec=self.spec, training=training, unroll=self.unroll(),
-        pn_kappa=self.pn_kappa, keep_potential=self.probe, bptt=self.bptt)
+    def with_unroll(unroll):
+      return functools.partial(
+          neuron_forward, spec=self.spec, training=training, unroll=unroll,
+          pn_kappa=self.pn_kappa, keep_potential=self.probe, bptt=self.bptt)
+    if self.scan_unroll is None:  # the CPU branch's unroll, lax.scan elsewhere
+      forward = functools.partial(backends.with_time_loop_unroll, with_unroll, self.num_steps)
+    else:
+      forward = with_unroll(self.scan_unroll)
     if self.remat and not self.probe:  # backward recomputes the scan from x_TB
       forward = backends.checkpoint(forward)
     S_TB, aux, H_TB = forward(x_TB, self.alpha_T(), self.decay(), theta_T)
