@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from cfsnn_jax.config import schema as config_schema
 from cfsnn_jax.errors import UserError, unknown_choice
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 _DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, "default.py")
 DEFAULT_VARIANTS = ("tiny",)  # a config file's ``VARIANTS`` replaces this list
 
