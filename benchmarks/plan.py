@@ -142,12 +142,12 @@ def table(rows: list[dict[str, Any]]) -> str:
   for r in rows:
     b = r["bounds"]
     cells = [r["config"], r["model"], str(r["batch"]), str(r["num_steps"]), r["compute_dtype"],
-             f"{r['num_params']:,}", f"{r['flops_per_step'] / 1e9:,.0f}",
-             f"{r['bytes_accessed_per_step'] / 1e9:,.1f}", _gib(r["state_bytes"])]
+             f"{r['num_params']:,}", f"{r['flops_per_step'] / 1e9:,.4g}",
+             f"{r['bytes_accessed_per_step'] / 1e9:,.4g}", _gib(r["state_bytes"])]
     cells += [_gib(r["activation_bytes"][k]) for k in REMAT_SETTINGS]
-    cells += [f"{1e3 * b['H100']['step_s']:.2f}", f"{b['H100']['recipe_device_hours']:.2f}",
-              f"{1e3 * b['TPU v5e']['step_s']:.2f}",
-              f"{b['TPU v5e']['recipe_device_hours']:.2f}"]
+    cells += [f"{1e3 * b['H100']['step_s']:.3g}", f"{b['H100']['recipe_device_hours']:.3g}",
+              f"{1e3 * b['TPU v5e']['step_s']:.3g}",
+              f"{b['TPU v5e']['recipe_device_hours']:.3g}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -169,21 +169,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from benchmarks import programs
   from benchmarks.measure import machine
-  from cfsnn_jax.errors import UserError
+  from cfsnn_jax.errors import unknown_choice
   names = ([f"{TINY_CONFIG}:tiny"] if args.tiny else
            [n for n in args.configs.split(",") if n] or paper_configs())
   known = programs.config_names()
   for n in names:
     if n.partition(":")[0] not in known:
-      raise UserError(f"--configs: unknown config {n!r}; shipped: {', '.join(known)}")
+      raise unknown_choice("config (--configs)", n, known)
   mach = machine()
   print(f"plan traced on: {mach['cpu']}, jax {mach['jax']}; lowered for cuda (XLA cost "
         "analysis of the unoptimised module)", flush=True)
   rows = []
   for n in names:
     r = plan_config(n)
-    print(f"  {n}: {r['flops_per_step'] / 1e9:,.0f} GFLOP/step, H100 bound "
-          f"{1e3 * r['bounds']['H100']['step_s']:.2f} ms ({r['plan_s']:.0f} s)", flush=True)
+    print(f"  {n}: {r['flops_per_step'] / 1e9:,.4g} GFLOP/step, H100 bound "
+          f"{1e3 * r['bounds']['H100']['step_s']:.3g} ms ({r['plan_s']:.0f} s)", flush=True)
     rows.append(r)
   print()
   print(table(rows))

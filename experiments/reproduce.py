@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from cfsnn_jax.errors import UserError, unknown_choice
 
@@ -87,17 +87,22 @@ ROWS: tuple[Row, ...] = (
 )
 BY_NAME = {r.name: r for r in ROWS}
 
-_ROW = flags.DEFINE_string("row", None, "Run (or, with --check, compare with) this row.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "The row's data directory (--row).")
-_SEEDS = flags.DEFINE_string("seeds", "0", "Comma list of seeds (--row): one run each.")
-_ROOT = flags.DEFINE_string("workdir_root", "workdirs/reproduce",
-                            "Parent of <row>/seed_<s> workdirs (--row, --tiny).")
-_CHECK = flags.DEFINE_string("check", None, "Comma list of finished workdirs (one per seed) "
-                             "to compare with their row.")
-_RESULTS = flags.DEFINE_string("results_file", RESULTS_FILE, "Where --check appends.")
-_TINY = flags.DEFINE_bool("tiny", False, "Train every row's config on its :tiny branch and "
-                          "check it (a smoke test of the whole path).")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "--row: print the commands, run nothing.")
+def define_flags() -> dict:
+  """The command's flags (defined when run as a program, so importing this module defines
+  none: ``experiments.launch`` has flags of the same names)."""
+  _ROW = flags.DEFINE_string("row", None, "Run (or, with --check, compare with) this row.")
+  _DATA_DIR = flags.DEFINE_string("data_dir", None, "The row's data directory (--row).")
+  _SEEDS = flags.DEFINE_string("seeds", "0", "Comma list of seeds (--row): one run each.")
+  _ROOT = flags.DEFINE_string("workdir_root", "workdirs/reproduce",
+                              "Parent of <row>/seed_<s> workdirs (--row, --tiny).")
+  _CHECK = flags.DEFINE_string("check", None, "Comma list of finished workdirs (one per seed) "
+                               "to compare with their row.")
+  _RESULTS = flags.DEFINE_string("results_file", RESULTS_FILE, "Where --check appends.")
+  _TINY = flags.DEFINE_bool("tiny", False, "Train every row's config on its :tiny branch and "
+                            "check it (a smoke test of the whole path).")
+  _DRY_RUN = flags.DEFINE_bool("dry_run", False, "--row: print the commands, run nothing.")
+  return dict(row=_ROW, data_dir=_DATA_DIR, seeds=_SEEDS, root=_ROOT, check=_CHECK,
+              results=_RESULTS, tiny=_TINY, dry_run=_DRY_RUN)
 
 
 def table() -> str:
@@ -208,7 +213,8 @@ def run_row(row: Row, data_dir: str, seeds: list[int], root: str, dry_run: bool)
   for seed in seeds:
     workdir = os.path.join(root, row.name, f"seed_{seed}")
     cmd = row_command(row, data_dir, seed, workdir)
-    print(" ".join(cmd[1:]) if dry_run else f"running: {' '.join(cmd[1:])}", flush=True)
+    shown = "python " + " ".join(cmd[1:])
+    print(shown if dry_run else f"running: {shown}", flush=True)
     if not dry_run:
       r = subprocess.run(cmd, env=env, cwd=REPO, check=False)
       if r.returncode != 0:
@@ -235,8 +241,14 @@ def run_tiny(root: str) -> list[dict]:
           for r in ROWS if r.config is not None]
 
 
+FLAGS: dict = {}
+
+
 def main(argv):
   del argv
+  _ROW, _DATA_DIR, _SEEDS, _ROOT, _CHECK, _RESULTS, _TINY, _DRY_RUN = (FLAGS[k] for k in (
+      "row", "data_dir", "seeds", "root", "check", "results", "tiny", "dry_run"))
+  logging.set_verbosity(logging.WARNING)  # orbax / absl INFO chatter off, as cfsnn_jax.main
   try:
     if _CHECK.value:
       check([w for w in _CHECK.value.split(",") if w], _row(_ROW.value) if _ROW.value else None,
@@ -244,13 +256,14 @@ def main(argv):
     elif _TINY.value:
       run_tiny(_ROOT.value)
     elif _ROW.value:
+      row = _row(_ROW.value)
       if not _DATA_DIR.value:
         raise UserError("--row needs --data_dir (the data set's directory, docs/DATA.md)")
       try:
         seeds = [int(s) for s in _SEEDS.value.split(",") if s.strip()]
       except ValueError:
         raise UserError(f"--seeds={_SEEDS.value!r}: expected a comma list of integers") from None
-      run_row(_row(_ROW.value), _DATA_DIR.value, seeds, _ROOT.value, _DRY_RUN.value)
+      run_row(row, _DATA_DIR.value, seeds, _ROOT.value, _DRY_RUN.value)
     else:
       print(table())
   except UserError as e:
@@ -259,4 +272,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  FLAGS.update(define_flags())
   app.run(main)

@@ -2,11 +2,18 @@
 (``:tiny`` shapes, abstract arguments, nothing compiled) export with ``jax.export`` for
 ``cuda`` and ``tpu`` with the host's CPU paths switched on, hold no CPU-only custom call or
 host callback, and equal the programs exported with every CPU switch off; the CPU lowering of
-the same program keeps the oneDNN custom calls."""
+the same program keeps the oneDNN custom calls.
+
+"Equal" is ``canonical``: the StableHLO after MLIR's inline / symbol-dce / canonicalize / cse
+passes, without debug locations, each private function named by a hash of its body. jax
+numbers and shares its private functions by the identity of the jaxprs it lowered (the
+dropped CPU branch shifts the numbering), which is not a difference of the program."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import re
 
@@ -20,6 +27,7 @@ PLATFORMS = ("cuda", "tpu")
 # oneDNN auto mode is off, so it is forced on), and every switch off.
 HOST = {"CFSNN_ONEDNN_CONV": "1", "CFSNN_BACKEND_WORKAROUNDS": "on", "CFSNN_CPU_TUNING": None}
 OFF = {"CFSNN_ONEDNN_CONV": "0", "CFSNN_BACKEND_WORKAROUNDS": "off", "CFSNN_CPU_TUNING": "0"}
+SETTINGS = {"host": HOST, "off": OFF}
 CPU_ONLY_TARGETS = ("CfsnnConvFwd", "CfsnnConvBwdData", "CfsnnConvBwdWeights")
 CALLBACK = re.compile(r"callback|xla_ffi_python|xla_python")
 CONV_CONFIG = "cifar10:tiny"  # a ResNet-19: forward and both gradients of 3x3 convolutions
@@ -63,7 +71,7 @@ NAMES = [n + ":tiny" for n in programs.config_names()]
 
 @pytest.fixture(scope="module")
 def exported():
-  return {name: {"host": _export_all(name, HOST), "off": _export_all(name, OFF)}
+  return {name: {setting: _export_all(name, env) for setting, env in SETTINGS.items()}
           for name in NAMES}
 
 
@@ -86,12 +94,51 @@ def test_exports_for_accelerators_free_of_cpu_paths(exported, name):
       assert exp.platforms == (platform,), where
 
 
+def canonical(text: str) -> str:
+  """A digest of the program's semantics (see the module docstring)."""
+  from jax._src.interpreters import mlir
+  from jax._src.lib.mlir import ir, passmanager
+  with mlir.make_ir_context():
+    module = ir.Module.parse(text)
+    passmanager.PassManager.parse(
+        "builtin.module(inline,symbol-dce,canonicalize,cse)").run(module.operation)
+    funcs = {ir.StringAttr(op.attributes["sym_name"]).value: op.get_asm(enable_debug_info=False)
+             for op in module.body.operations}
+
+  @functools.lru_cache(maxsize=None)
+  def digest(name: str) -> str:
+    body = funcs[name].replace(f"@{name}(", "@SELF(", 1)
+    body = re.sub(r"@([\w$.-]+)", lambda m: "@" + (
+        digest(m.group(1)) if m.group(1) in funcs and m.group(1) != name else m.group(1)), body)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+  return digest("main")
+
+
+def test_canonical_tells_programs_apart():
+  import jax
+  import jax.numpy as jnp
+  x = jax.ShapeDtypeStruct((4,), jnp.float32)
+  text = lambda f: jax.export.export(jax.jit(f), platforms=["cuda"])(x).mlir_module()
+
+  def helper_a(v):
+    return jnp.sin(v) * 2
+
+  def helper_b(v):  # same body, another name and source location
+    return jnp.sin(v) * 2
+
+  a = text(lambda v: jax.jit(helper_a)(v) + 1)
+  b = text(lambda v: jax.jit(helper_b)(v) + 1)
+  assert a != b and canonical(a) == canonical(b)
+  assert canonical(a) != canonical(text(lambda v: jax.jit(jnp.cos)(v) * 2 + 1))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_accelerator_programs_equal_the_programs_with_cpu_switches_off(exported, name):
   host, off = exported[name]["host"], exported[name]["off"]
   for key in host:
     assert host[key][0] is not None and off[key][0] is not None, (name, key)
-    assert host[key][0] == off[key][0], (
+    assert canonical(host[key][0]) == canonical(off[key][0]), (
         f"{name} {key[0]} step for {key[1]}: the CPU switches change the accelerator program")
 
 

@@ -1,8 +1,12 @@
 """The CPU schedule: workarounds for XLA:CPU's scheduler, identities where they do not apply.
 
-Contract (whether they apply: ``switches.backend_workarounds()``, read at trace time):
+Contract (whether they apply: ``switches.backend_workarounds()``, read at trace time, for
+the program's CPU branch only: ``per_platform.choose`` gives every other lowering platform
+the portable computation):
 - ``after_cotangent(tree, g)``: ``tree`` made to depend on the cotangent ``g``, so backward
-  work that needs only forward values is not scheduled during the forward pass.
+  work that needs only forward values is not scheduled during the forward pass;
+  ``with_cpu_schedule(make, *args)``: ``make(backend_workarounds())`` in the CPU branch,
+  ``make(False)`` elsewhere.
 - ``checkpoint(fn, policy)``: ``jax.checkpoint``; on XLA:CPU its recomputation is also tied to
   the incoming cotangent (``after_cotangent``), because that backend's scheduler otherwise
   runs every block's recomputation right after the forward pass, which keeps all recomputed
@@ -50,9 +54,9 @@ def _untied(tree: Any, g: Any) -> Any:
 
 
 def after_cotangent(tree: Any, g: Any) -> Any:
-  """``tree`` with every floating leaf made to depend on the cotangent ``g`` (its first leaf),
-  in the CPU branch of the program where ``backend_workarounds()`` (``per_platform.choose``:
-  the identity when lowered for another platform).
+  """``tree`` with every floating leaf made to depend on the cotangent ``g`` (its first leaf).
+  Called by the CPU branch of a program only (``with_cpu_schedule``; ``checkpoint``'s CPU
+  wrapper), in backward rules (never differentiated itself).
 
   Backward-pass work that needs only forward values (the surrogate derivatives need only H;
   a rematerialised block needs only its saved inputs) may otherwise be scheduled by XLA:CPU
@@ -60,23 +64,17 @@ def after_cotangent(tree: Any, g: Any) -> Any:
   that recomputation was meant to save; ``lax.optimization_barrier`` does not prevent it on
   that backend. The dependency is exact arithmetic: ``leaf + 0 * s`` with ``s`` a finite sum
   of a few cotangent elements (a reduction, so XLA computes it once instead of inside every
-  consumer's loop). Used in backward rules only (never differentiated itself).
+  consumer's loop).
   """
-  if per_platform.portable():
-    return tree
-  arrays = [isinstance(x, jax.Array) for x in jax.tree.leaves(tree)]
-  if not any(arrays):
-    return tree
-  # only arrays pass the platform conditional; other leaves (a pullback's static parts)
-  # stay outside it
-  leaves, treedef = jax.tree.flatten(tree)
-  idx = [i for i, a in enumerate(arrays) if a]
-  sub = [leaves[i] for i in idx]
-  cpu = _tie if backend_workarounds() else _untied
-  tied = per_platform.choose(cpu, _untied, sub, g)
-  for i, v in zip(idx, tied):
-    leaves[i] = v
-  return jax.tree.unflatten(treedef, leaves)
+  return _tie(tree, g)
+
+
+def with_cpu_schedule(make: Callable[[bool], Callable], *args: Any) -> Any:
+  """``make(workarounds)(*args)``: ``workarounds = backend_workarounds()`` where lowered for
+  the CPU, ``False`` elsewhere (``per_platform.choose``). ``make(False)`` is the portable
+  computation; ``make`` must return non-trivial functions of ``args`` (a branch that only
+  passes its inputs on would let jax drop the conditional in one setting and not the other)."""
+  return per_platform.choose(make(backend_workarounds()), make(False), *args)
 
 
 def checkpoint(fn: Callable, policy: Callable | None = None) -> Callable:

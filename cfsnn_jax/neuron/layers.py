@@ -24,7 +24,7 @@ Contract:
   neuron, no parameters, an all-zero ``NeuronStats`` of the same shape.
 - ``remat=True`` checkpoints the neuron (``backends.checkpoint``: its backward recomputes the
   time loop from the input); ``scan_unroll=None`` (default) takes
-  ``neurons_fused.default_unroll(T)``.
+  ``neurons_fused.AUTO`` (``default_unroll(T)`` where lowered for the CPU, a scan elsewhere).
 """
 
 from __future__ import annotations
@@ -120,9 +120,10 @@ class SpikingNeuron(nnx.Module):
     return jnp.broadcast_to(neurons.alpha_from_rho(self.rho[...]), (T,))
 
   def unroll(self) -> int | bool:
-    """The time loop's ``unroll``: ``scan_unroll``, or (None) ``neurons_fused.default_unroll``."""
+    """The time loop's ``unroll``: ``scan_unroll``, or (None) ``neurons_fused.AUTO`` (the
+    lowering platform picks: ``neurons_fused.default_unroll`` on the CPU, a scan elsewhere)."""
     if self.scan_unroll is None:
-      return neurons_fused.default_unroll(self.num_steps)
+      return neurons_fused.AUTO
     return self.scan_unroll
 
   def decay(self) -> jax.Array:
@@ -140,14 +141,9 @@ class SpikingNeuron(nnx.Module):
     theta_T = None  # eval: the EMA; training: the EMA replaces a non-finite batch statistic
     if self.theta_ema is not None:
       theta_T = self.theta_ema[...]
-    def with_unroll(unroll):
-      return functools.partial(
-          neuron_forward, spec=self.spec, training=training, unroll=unroll,
-          pn_kappa=self.pn_kappa, keep_potential=self.probe, bptt=self.bptt)
-    if self.scan_unroll is None:  # the CPU branch's unroll, lax.scan elsewhere
-      forward = functools.partial(backends.with_time_loop_unroll, with_unroll, self.num_steps)
-    else:
-      forward = with_unroll(self.scan_unroll)
+    forward = functools.partial(
+        neuron_forward, spec=self.spec, training=training, unroll=self.unroll(),
+        pn_kappa=self.pn_kappa, keep_potential=self.probe, bptt=self.bptt)
     if self.remat and not self.probe:  # backward recomputes the scan from x_TB
       forward = backends.checkpoint(forward)
     S_TB, aux, H_TB = forward(x_TB, self.alpha_T(), self.decay(), theta_T)
