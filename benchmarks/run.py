@@ -126,6 +126,14 @@ def device_peak(device_kind: str, dtype: str) -> float | None:
   return None
 
 
+def plan_bound_s(device_kind: str, dtype: str, flops: float | None) -> float | None:
+  """The step's lower bound as ``benchmarks.plan`` computes it (FLOPs / the plan's peak of
+  this device for ``dtype``); None where the plan has no such device."""
+  from benchmarks.plan import device_peaks
+  peaks = device_peaks(device_kind)
+  return flops / peaks[dtype] if peaks and flops else None
+
+
 def device_check_cases(tiny: bool) -> list[Case]:
   """ResNet-19 T=4 at B 64/128 (fp32, bf16), VGGSNN T=10, Spikformer T=4 (B 64); tiny: B 8."""
   b1, b2 = (8, 8) if tiny else (64, 128)
@@ -153,8 +161,11 @@ def tiny_training_run(timeout: float = 600) -> dict[str, Any]:
       rc, tail = 124, [f"timeout after {timeout:.0f} s"]
     metrics = os.path.join(workdir, "metrics.jsonl")
     lines = open(metrics).read().splitlines() if os.path.exists(metrics) else []
+    summary = os.path.join(workdir, "summary.json")
+    accuracy = json.load(open(summary)).get("test_accuracy") if os.path.exists(summary) else None
     return {"returncode": rc, "wall_s": time.perf_counter() - t0,
-            "last_line": tail[0] if tail else "", "metric_lines": len(lines)}
+            "last_line": tail[0] if tail else "", "metric_lines": len(lines),
+            "test_accuracy": accuracy}
 
 
 def cases(args: argparse.Namespace) -> list[Case]:
@@ -376,28 +387,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       print(f"  {k}: {_fmt(v)}")
   report = {"machine": mach, "args": {k: v for k, v in vars(args).items() if k != "case"},
             "results": results, "summary": summ}
+  markdown = None
   if args.device_check:
-    print("\n| case | step s | TFLOP/s | of peak | compile s | peak memory MB |\n"
-          "|---|---|---|---|---|---|")
     for r in results:
-      if "error" in r:
-        print(f"| {Case(**r['case']).label} B={r['case']['batch']} | error: {r['error'][:80]} |")
-        continue
-      mem = r["device_peak_bytes"] or r["xla_peak_bytes"]
-      frac = f"{100 * r['fraction_of_peak']:.1f} %" if r.get("fraction_of_peak") else "-"
-      tf = (f"{r['achieved_flops_per_s'] / 1e12:.3f}" if r.get("achieved_flops_per_s")
-            else "-")
-      print(f"| {Case(**r['case']).label} B={r['case']['batch']} | {r['step_s_median']:.3f} | "
-            f"{tf} | {frac} | {r['trace_compile_s']:.1f} | {_mb(mem)} |")
+      bound = plan_bound_s(mach["device_kind"], r["case"]["dtype"], r.get("flops_per_step"))
+      if bound and "error" not in r:
+        r["plan_bound_s"], r["fraction_of_plan_bound"] = bound, bound / r["step_s_median"]
     if not args.skip_training_run:
       report["tiny_training_run"] = tiny_training_run()
-      print(f"\n:tiny training run on {mach['platform']}: {report['tiny_training_run']}")
+    markdown = device_check_table(results, mach, report.get("tiny_training_run"))
+    print("\n" + markdown)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
       json.dump(report, f, indent=1)
     print(f"\nwrote {args.out}")
+    if markdown is not None:
+      md = os.path.splitext(args.out)[0] + ".md"
+      with open(md, "w") as f:
+        f.write(markdown + "\n")
+      print(f"wrote {md}")
   return report
+
+
+def device_check_table(results: list[dict[str, Any]], mach: dict[str, Any],
+                       training: dict[str, Any] | None) -> str:
+  """The device check as markdown: one row per case, then the :tiny training run."""
+  lines = [f"Device check on {mach['num_devices']} x {mach['device_kind']} [{mach['platform']}]"
+           f", jax {mach['jax']}", "",
+           "| case | B | step s | TFLOP/s | of peak | of plan's bound | compile s | "
+           "peak memory MB |", "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    label = Case(**r["case"]).label
+    if "error" in r:
+      lines.append(f"| {label} | {r['case']['batch']} | error: {r['error'][:80]} | | | | | |")
+      continue
+    mem = r["device_peak_bytes"] or r["xla_peak_bytes"]
+    frac = f"{100 * r['fraction_of_peak']:.1f} %" if r.get("fraction_of_peak") else "-"
+    plan = (f"{100 * r['fraction_of_plan_bound']:.1f} %" if r.get("fraction_of_plan_bound")
+            else "-")
+    tf = f"{r['achieved_flops_per_s'] / 1e12:.3f}" if r.get("achieved_flops_per_s") else "-"
+    lines.append(f"| {label} | {r['case']['batch']} | {r['step_s_median']:.3f} | {tf} | "
+                 f"{frac} | {plan} | {r['trace_compile_s']:.1f} | {_mb(mem)} |")
+  if training is not None:
+    acc = training.get("test_accuracy")
+    lines += ["", f":tiny training run (cfsnn_jax.main, configs/default.py:tiny): exit code "
+              f"{training['returncode']}, {training['wall_s']:.1f} s, test accuracy "
+              f"{'-' if acc is None else f'{acc:.4f}'}"]
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

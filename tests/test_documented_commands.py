@@ -5,9 +5,11 @@ command from the fenced code blocks and inline code of the docs (continuation li
 trailing comments dropped, ``[optional]`` arguments kept without their brackets).
 ``tiny_form`` turns one into a command that runs offline in seconds: training and energy
 commands get the config's ``:tiny`` branch (fixture data, so ``--config.data_dir`` is dropped)
-and a scratch workdir; benchmark commands get ``--tiny --steps=1``; launcher commands keep
-their ``--dry_run``. Commands that cannot run offline are listed in ``NOT_RUN`` with the
-reason (README.md says the same). Identical tiny forms run once.
+and a scratch workdir; benchmark commands get ``--tiny --steps=1`` (the device check its
+shrunk cases, the plan one ``:tiny`` config); ``experiments.reproduce`` runs every row's
+``:tiny`` form; launcher commands keep their ``--dry_run``. Commands that cannot run offline
+are listed in ``NOT_RUN`` with the reason (README.md says the same). Identical tiny forms run
+once.
 """
 
 from __future__ import annotations
@@ -96,8 +98,15 @@ def tiny_form(cmd: str, scratch: str) -> list[str]:
     if module == "cfsnn_jax.main" and overrides:  # its own run; the energy reads the plain one
       workdir += "_" + re.sub(r"\W", "_", "_".join(overrides))
     return [module, *out, f"--workdir={workdir}"]
+  if module == "benchmarks.run" and "--device_check" in args:  # the check's cases shrunk
+    return [module, "--device_check", "--tiny", "--steps=1", "--warmup=0",
+            "--out=SCRATCH/device_check.json"]
   if module == "benchmarks.run":
     return [module, "--tiny", "--steps=1"]  # --tiny picks its own few cases
+  if module == "benchmarks.plan":  # one :tiny config
+    return [module, "--tiny"]
+  if module == "experiments.reproduce":  # listing as written; running / checking: every row
+    return [module, *args] if not args else [module, "--tiny", "--workdir_root=SCRATCH/reproduce"]
   if module == "benchmarks.peers":  # the same models, a few channels, one timed step each
     models = [a for a in args if a.startswith("--models=")]
     return [module, "--tiny", "--steps=1", "--batch=4", *models]  # 4 simulated devices

@@ -50,7 +50,10 @@ def test_float32_values_and_gradients_equal_lax(forced_on, shape, kernel, out_ch
   g = jnp.asarray(rng.standard_normal(y_shape, np.float32))
   fn = jax.jit(lambda x, w, g: _value_and_grads(onednn_conv.conv_general_dilated, x, w, g,
                                                 strides, padding))
-  assert "CfsnnConvBwdData" in fn.lower(x, w, g).as_text()
+  # strided 1x1 (shortcut) convolutions stay XLA's: the kernel corrupted the heap on them
+  # (ResNet-18's 64x64 shortcut, docs/DECISIONS.md "Issue 23")
+  kernels = not (kernel == (1, 1) and strides != (1, 1))
+  assert ("CfsnnConvBwdData" in fn.lower(x, w, g).as_text()) == kernels
   got = fn(x, w, g)
   want = _value_and_grads(lax.conv_general_dilated, x, w, g, strides, padding)
   for a, b, name in zip(got, want, ("y", "dx", "dw")):

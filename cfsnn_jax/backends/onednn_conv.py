@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from cfsnn_jax.backends import switches
+from cfsnn_jax.backends import per_platform, switches
 
 ENV_SWITCH = switches.ONEDNN_CONV
 SOURCE = Path(__file__).parent / "kernels" / "onednn_conv.cc"
@@ -238,7 +238,8 @@ def xla_only():
   before = getattr(_local, "xla_only", False)
   _local.xla_only = True
   try:
-    yield
+    with per_platform.portable_only():
+      yield
   finally:
     _local.xla_only = before
 
@@ -247,7 +248,7 @@ def status() -> dict[str, Any]:
   """``{"enabled": bool, "reason": str, "library": path or None}`` for this thread's traces."""
   def off(reason: str) -> dict[str, Any]:
     return {"enabled": False, "reason": reason, "library": None}
-  if getattr(_local, "xla_only", False):
+  if getattr(_local, "xla_only", False) or per_platform.portable():
     return off("inside xla_only()")
   refusal = switches.onednn_refusal()
   if refusal is not None:
@@ -277,26 +278,37 @@ def _xla_conv(x_BHWC, w_HWIO, strides, pads):
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _forward(x_BHWC, w_HWIO, strides, pads):
-  if x_BHWC.dtype == jnp.float32:
+def _forward(x_BHWC, w_HWIO, strides, pads, use_kernels=True):
+  if x_BHWC.dtype == jnp.float32 or not use_kernels:
     return _xla_conv(x_BHWC, w_HWIO, strides, pads)
   out = jax.eval_shape(functools.partial(_xla_conv, strides=strides, pads=pads), x_BHWC,
                        w_HWIO)  # lax's output shape
   return _call("fwd", out.shape, x_BHWC.dtype, x_BHWC, w_HWIO, strides, pads)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x_BHWC, w_HWIO, strides, pads):
-  return _forward(x_BHWC, w_HWIO, strides, pads)
+def _xla_grads(x_BHWC, w_HWIO, strides, pads, g_BHWO):
+  """XLA's input and weight gradients (the CPU branch with the kernels off)."""
+  return jax.vjp(functools.partial(_xla_conv, strides=strides, pads=pads), x_BHWC, w_HWIO)[1](
+      g_BHWO)
 
 
-def _conv_fwd(x_BHWC, w_HWIO, strides, pads):
-  return _forward(x_BHWC, w_HWIO, strides, pads), (x_BHWC, w_HWIO)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x_BHWC, w_HWIO, strides, pads, use_kernels):
+  """The CPU branch: oneDNN's gradients (and bf16 forward) where ``use_kernels``, else XLA's,
+  behind one ``custom_vjp`` either way (same residuals, so the accelerator branch of the
+  program does not depend on the switch)."""
+  return _forward(x_BHWC, w_HWIO, strides, pads, use_kernels)
 
 
-def _conv_bwd(strides, pads, res, g_BHWO):
+def _conv_fwd(x_BHWC, w_HWIO, strides, pads, use_kernels):
+  return _forward(x_BHWC, w_HWIO, strides, pads, use_kernels), (x_BHWC, w_HWIO)
+
+
+def _conv_bwd(strides, pads, use_kernels, res, g_BHWO):
   x_BHWC, w_HWIO = res
   g_BHWO = g_BHWO.astype(x_BHWC.dtype)
+  if not use_kernels:
+    return _xla_grads(x_BHWC, w_HWIO, strides, pads, g_BHWO)
   dx = _call("bwd_data", x_BHWC.shape, x_BHWC.dtype, g_BHWO, w_HWIO, strides, pads)
   dw = _call("bwd_weights", w_HWIO.shape, w_HWIO.dtype, x_BHWC, g_BHWO, strides, pads)
   return dx, dw
@@ -331,8 +343,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
             if isinstance(padding, str) else padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     plain = all(p >= 0 for pair in pads for p in pair)
-  if not plain or not enabled():
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count,
-                                    batch_group_count, precision=precision, **kwargs)
-  return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads)
+  if plain and any(s != 1 for s in window_strides) and rhs.shape[0] * rhs.shape[1] == 1:
+    plain = False  # strided 1x1 (shortcut) convolutions: XLA's (the kernel corrupts the heap)
+  def portable(x, w):
+    return lax.conv_general_dilated(x, w, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, batch_group_count,
+                                    precision=precision, **kwargs)
+  if not plain or per_platform.portable():
+    return portable(lhs, rhs)
+  strides, use = tuple(int(s) for s in window_strides), enabled()
+  return per_platform.choose(lambda x, w: _conv(x, w, strides, pads, use), portable, lhs, rhs)

@@ -24,7 +24,7 @@ Contract:
   neuron, no parameters, an all-zero ``NeuronStats`` of the same shape.
 - ``remat=True`` checkpoints the neuron (``backends.checkpoint``: its backward recomputes the
   time loop from the input); ``scan_unroll=None`` (default) takes
-  ``neurons_fused.default_unroll(T)``.
+  ``neurons_fused.AUTO`` (``default_unroll(T)`` where lowered for the CPU, a scan elsewhere).
 """
 
 from __future__ import annotations
@@ -123,9 +123,10 @@ class SpikingNeuron(nnx.Module):
     return jnp.broadcast_to(neurons.alpha_from_rho(self.rho[...]), (T,))
 
   def unroll(self) -> int | bool:
-    """The time loop's ``unroll``: ``scan_unroll``, or (None) ``neurons_fused.default_unroll``."""
+    """The time loop's ``unroll``: ``scan_unroll``, or (None) ``neurons_fused.AUTO`` (the
+    lowering platform picks: ``neurons_fused.default_unroll`` on the CPU, a scan elsewhere)."""
     if self.scan_unroll is None:
-      return neurons_fused.default_unroll(self.num_steps)
+      return neurons_fused.AUTO
     return self.scan_unroll
 
   def decay(self) -> jax.Array:

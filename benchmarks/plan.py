@@ -1,0 +1,207 @@
+"""Cost plan of every paper run, from its accelerator program (abstract shapes, nothing run).
+
+  python -m benchmarks.plan                         # every paper config, full size (minutes)
+  python -m benchmarks.plan --configs=cifar10,sst2 --out=/tmp/plan.json
+  python -m benchmarks.plan --tiny                  # one :tiny config (the suite's form)
+
+For each config at its recipe's batch size and T (one device holding the whole global batch),
+the train step is traced as ``train.py`` jits it (``benchmarks.programs``) with every CPU
+switch off and lowered for ``cuda``; from that program:
+
+- parameters; FLOPs and bytes accessed per step: XLA's HLO cost analysis of the lowered
+  (unoptimised, pre-fusion) module (``Lowered.cost_analysis()``, which runs on this host).
+  FLOPs count each multiply-add as 2 and do not change with fusion; bytes accessed count every
+  HLO operand and result, as if nothing were fused, so they over-state the traffic of the
+  compiled program;
+- activation memory per device for each ``model.remat`` setting: the bytes of the residuals
+  the backward pass keeps from the forward pass (``jax.ad_checkpoint``'s ``saved_residuals`` of
+  the loss, parameters and inputs excluded), plus the training state (parameters + optimizer
+  state) as its own column. It is the autodiff's own account, before XLA's scheduling: XLA's
+  temporaries come on top, fusion may drop a few; a lower bound of the peak, accurate to tens
+  of per cent (docs/PERFORMANCE.md "Cost plan");
+- the step's lower bound on an H100 (989 TFLOP/s bf16 dense, 67 TFLOP/s fp32, 3.35 TB/s) and
+  a TPU v5e chip (197 TFLOP/s bf16, 819 GB/s): FLOPs / peak for the config's compute dtype
+  (the compute roofline; the bytes / bandwidth time is printed beside it but not used, being
+  pre-fusion), and the recipe's total (epochs x steps per epoch, ``FULL_SIZE`` training
+  examples) in device-hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from jax._src.ad_checkpoint import saved_residuals
+
+# name, compute-dtype peak FLOP/s, memory bandwidth (bytes/s). TPU v5e: 197 TFLOP/s on the
+# MXU; its float32 matmuls run as bf16 passes (XLA's default precision), same peak.
+DEVICES = {
+    "H100": ({"bfloat16": 989e12, "float32": 67e12}, 3.35e12),
+    "TPU v5e": ({"bfloat16": 197e12, "float32": 197e12}, 819e9),
+}
+# jax device_kind substrings -> the plan's device (an H200 has the H100's compute peaks).
+_KINDS = {"H100": "H100", "H200": "H100", "TPU v5 lite": "TPU v5e", "TPU v5e": "TPU v5e"}
+
+
+def device_peaks(device_kind: str) -> dict[str, float] | None:
+  for k, dev in _KINDS.items():
+    if k.lower() in device_kind.lower():
+      return DEVICES[dev][0]
+  return None
+
+
+REMAT_SETTINGS = ("none", "neuron", "block", "block_full")
+TINY_CONFIG = "cifar10"
+
+
+def paper_configs() -> list[str]:
+  """The configs of ``experiments.reproduce``'s rows, once each, in row order."""
+  from experiments import reproduce
+  return list(dict.fromkeys(r.config for r in reproduce.ROWS if r.config))
+
+
+def _bytes(avals) -> int:
+  import numpy as np
+  return int(sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in avals))
+
+
+def residual_bytes(config: Any, info: Any) -> int:
+  """Bytes the backward pass keeps from the forward pass of ``config``'s loss."""
+  import jax
+  from flax import nnx
+  from cfsnn_jax.training import steps
+  from benchmarks import programs
+  built: dict[str, Any] = {}
+
+  def init():
+    built["setup"] = steps.create_train_state(config, info, 1000)
+    return built["setup"].state
+
+  state = jax.eval_shape(init)
+  graphdef = built["setup"].graphdef
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+           for k, v in programs.batch_spec(config, info, steps.make_mesh(
+               jax.devices()[:1])).items()}
+
+  def loss(params, rest, batch):
+    p, b = steps._in_compute_dtype(params, batch, config.compute_dtype)
+    model = nnx.merge(graphdef, p, rest, copy=True)
+    return steps._forward_metrics(model, b, config.loss)[0]
+
+  res = saved_residuals(loss, state["params"], state["rest"], batch)
+  return _bytes(a for a, src in res if not src.startswith("from the argument"))
+
+
+def plan_config(name: str) -> dict[str, Any]:
+  import jax
+  from benchmarks import programs
+  config = programs.load_config(name)
+  info = programs.dataset_info(config)
+  t0 = time.perf_counter()
+  p = programs.abstract_steps(config, info, devices=jax.devices()[:1])
+  lowered = p.train.trace(p.state, p.batch).lower(lowering_platforms=("cuda",))
+  cost = lowered.cost_analysis()
+  flops, nbytes = float(cost["flops"]), float(cost["bytes accessed"])
+  state_bytes = _bytes(jax.tree.leaves(p.state))
+  activations = {}
+  for remat in REMAT_SETTINGS:
+    c = config.copy_and_resolve_references()
+    c.model.remat = remat
+    activations[remat] = residual_bytes(c, info)
+  num_train = programs.FULL_SIZE.get(config.dataset, {}).get("num_train", config.batch_size)
+  steps_per_epoch = max(1, num_train // config.batch_size)
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else config.num_epochs * steps_per_epoch)
+  bounds = {}
+  for dev, (peaks, bandwidth) in DEVICES.items():
+    compute_s = flops / peaks[config.compute_dtype]
+    bounds[dev] = {"step_s": compute_s, "unfused_bytes_s": nbytes / bandwidth,
+                   "recipe_device_hours": compute_s * total_steps / 3600}
+  return {"config": name, "model": config.model.name, "dataset": config.dataset,
+          "batch": config.batch_size, "num_steps": config.num_steps,
+          "compute_dtype": config.compute_dtype, "num_params": p.num_params,
+          "flops_per_step": flops, "bytes_accessed_per_step": nbytes,
+          "state_bytes": state_bytes, "activation_bytes": activations,
+          "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+          "bounds": bounds, "plan_s": time.perf_counter() - t0}
+
+
+def _gib(b: float) -> str:
+  return f"{b / 2**30:.3g}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+  head = ["config", "model", "B", "T", "dtype", "params", "GFLOP/step", "GB accessed",
+          "state GiB"] + [f"act GiB {r}" for r in REMAT_SETTINGS] + [
+          "H100 step ms", "H100 recipe h", "v5e step ms", "v5e recipe h"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    b = r["bounds"]
+    cells = [r["config"], r["model"], str(r["batch"]), str(r["num_steps"]), r["compute_dtype"],
+             f"{r['num_params']:,}", f"{r['flops_per_step'] / 1e9:,.4g}",
+             f"{r['bytes_accessed_per_step'] / 1e9:,.4g}", _gib(r["state_bytes"])]
+    cells += [_gib(r["activation_bytes"][k]) for k in REMAT_SETTINGS]
+    cells += [f"{1e3 * b['H100']['step_s']:.3g}", f"{b['H100']['recipe_device_hours']:.3g}",
+              f"{1e3 * b['TPU v5e']['step_s']:.3g}",
+              f"{b['TPU v5e']['recipe_device_hours']:.3g}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m benchmarks.plan", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--configs", default="", help="comma list of shipped configs (default: "
+                 "every paper config; NAME:tiny for a config's tiny branch)")
+  p.add_argument("--tiny", action="store_true", help=f"plan {TINY_CONFIG}:tiny only (tests)")
+  p.add_argument("--out", default="", help="write every number as JSON here")
+  return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  args = parse_args(argv)
+  # The accelerator program: every CPU path off (they never reach a cuda / tpu lowering).
+  os.environ.update(CFSNN_ONEDNN_CONV="0", CFSNN_BACKEND_WORKAROUNDS="off")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from benchmarks import programs
+  from benchmarks.measure import machine
+  from cfsnn_jax.errors import unknown_choice
+  names = ([f"{TINY_CONFIG}:tiny"] if args.tiny else
+           [n for n in args.configs.split(",") if n] or paper_configs())
+  known = programs.config_names()
+  for n in names:
+    if n.partition(":")[0] not in known:
+      raise unknown_choice("config (--configs)", n, known)
+  mach = machine()
+  print(f"plan traced on: {mach['cpu']}, jax {mach['jax']}; lowered for cuda (XLA cost "
+        "analysis of the unoptimised module)", flush=True)
+  rows = []
+  for n in names:
+    r = plan_config(n)
+    print(f"  {n}: {r['flops_per_step'] / 1e9:,.4g} GFLOP/step, H100 bound "
+          f"{1e3 * r['bounds']['H100']['step_s']:.3g} ms ({r['plan_s']:.0f} s)", flush=True)
+    rows.append(r)
+  print()
+  print(table(rows))
+  report = {"machine": mach, "devices": {k: {"peak_flops": v[0], "bandwidth": v[1]}
+                                         for k, v in DEVICES.items()}, "rows": rows}
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=1)
+    print(f"\nwrote {args.out}")
+  return report
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except Exception as e:  # one line for a user's mistake
+    from cfsnn_jax.errors import UserError
+    if isinstance(e, UserError):
+      sys.exit(f"error: {e}")
+    raise
