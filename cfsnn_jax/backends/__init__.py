@@ -9,7 +9,7 @@ The face (``models/``, ``neuron/`` and ``analysis/`` use only these names; each 
 the platform's own code where it applies, the portable computation elsewhere):
 - ``conv_general_dilated(...)``: ``lax.conv_general_dilated``'s signature and values.
 - ``reference_convolutions()``: a context within which traces use XLA's own convolutions.
-- ``checkpoint(fn, policy)``, ``after_cotangent(tree, g)``, ``with_cpu_schedule(make, *args)``,
+- ``checkpoint(fn, policy)``, ``after_cotangent(tree, g)``, ``with_backend_schedule(make, *args)``,
   ``time_loop_unroll(T)``, ``with_time_loop_unroll(make, T, *args)``: the schedule hooks (``cpu_schedule``);
   ``backend_workarounds()`` says whether they act in the CPU branch.
 Every CPU path is chosen by the lowering platform, not by the host (``per_platform``: one
@@ -46,16 +46,16 @@ def checkpoint(fn: Callable, policy: Callable | None = None) -> Callable:
 
 def after_cotangent(tree: Any, g: Any) -> Any:
   """``tree`` made to depend on the cotangent ``g`` (for the CPU branch of a backward rule:
-  ``with_cpu_schedule``)."""
+  ``with_backend_schedule``)."""
   from cfsnn_jax.backends import cpu_schedule
   return cpu_schedule.after_cotangent(tree, g)
 
 
-def with_cpu_schedule(make: Callable[[bool], Callable], *args):
+def with_backend_schedule(make: Callable[[bool], Callable], *args):
   """``make(backend_workarounds())(*args)`` where lowered for the CPU, ``make(False)(*args)``
   elsewhere."""
   from cfsnn_jax.backends import cpu_schedule
-  return cpu_schedule.with_cpu_schedule(make, *args)
+  return cpu_schedule.with_backend_schedule(make, *args)
 
 
 def time_loop_unroll(num_steps: int) -> int | bool:

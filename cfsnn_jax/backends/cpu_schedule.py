@@ -5,7 +5,7 @@ the program's CPU branch only: ``per_platform.choose`` gives every other lowerin
 the portable computation):
 - ``after_cotangent(tree, g)``: ``tree`` made to depend on the cotangent ``g``, so backward
   work that needs only forward values is not scheduled during the forward pass;
-  ``with_cpu_schedule(make, *args)``: ``make(backend_workarounds())`` in the CPU branch,
+  ``with_backend_schedule(make, *args)``: ``make(backend_workarounds())`` in the CPU branch,
   ``make(False)`` elsewhere.
 - ``checkpoint(fn, policy)``: ``jax.checkpoint``; on XLA:CPU its recomputation is also tied to
   the incoming cotangent (``after_cotangent``), because that backend's scheduler otherwise
@@ -55,7 +55,7 @@ def _untied(tree: Any, g: Any) -> Any:
 
 def after_cotangent(tree: Any, g: Any) -> Any:
   """``tree`` with every floating leaf made to depend on the cotangent ``g`` (its first leaf).
-  Called by the CPU branch of a program only (``with_cpu_schedule``; ``checkpoint``'s CPU
+  Called by the CPU branch of a program only (``with_backend_schedule``; ``checkpoint``'s CPU
   wrapper), in backward rules (never differentiated itself).
 
   Backward-pass work that needs only forward values (the surrogate derivatives need only H;
@@ -69,7 +69,7 @@ def after_cotangent(tree: Any, g: Any) -> Any:
   return _tie(tree, g)
 
 
-def with_cpu_schedule(make: Callable[[bool], Callable], *args: Any) -> Any:
+def with_backend_schedule(make: Callable[[bool], Callable], *args: Any) -> Any:
   """``make(workarounds)(*args)``: ``workarounds = backend_workarounds()`` where lowered for
   the CPU, ``False`` elsewhere (``per_platform.choose``). ``make(False)`` is the portable
   computation; ``make`` must return non-trivial functions of ``args`` (a branch that only

@@ -13,7 +13,7 @@ Contract:
 - ``unroll=AUTO`` (what a layer passes when none is configured): the lowering platform picks
   the forward's time loop (``backends.with_time_loop_unroll``: ``default_unroll(T)`` where
   lowered for the CPU, ``lax.scan`` elsewhere); the backward is a reverse scan either way,
-  its inputs tied to the cotangent in the CPU branch only (``backends.with_cpu_schedule``).
+  its inputs tied to the cotangent in the CPU branch only (``backends.with_backend_schedule``).
 
 Backward per step, t = T-1 .. 0, with du = dL/du_t carried from step t+1:
   dh = gH + (soft: du | hard: du (1 - f));   ds = gS (+ soft: -theta du | hard, binary:
@@ -195,9 +195,9 @@ def _neuron_fused_bwd(spec, use_adaptive, unroll, keep_potential, kappa, res, ct
   gS_TB = jnp.zeros(H_TB.shape, dtype) if _zero(gS_TB) else gS_TB.astype(dtype)
   g_pos, g_neg, g_tanh = ((None,) * 3 if gstats is None or _zero(gstats) else
                           tuple(None if _zero(g) else g for g in gstats[:3]))
-  def backward(cpu_schedule: bool):
-    """The reverse scan; ``cpu_schedule``: its inputs tied to the cotangent (XLA:CPU)."""
-    tie = backends.after_cotangent if cpu_schedule else (lambda tree, g: tree)
+  def backward(tied: bool):
+    """The reverse scan; ``tied``: its inputs tied to the cotangent (the CPU branch)."""
+    tie = backends.after_cotangent if tied else (lambda tree, g: tree)
 
     def run(gS_TB):
       # Nothing below may run before the cotangent exists (see backends.after_cotangent).
@@ -280,7 +280,7 @@ def _neuron_fused_bwd(spec, use_adaptive, unroll, keep_potential, kappa, res, ct
     return run
 
   # the lowering platform picks the schedule: the CPU branch ties, other platforms do not
-  dlam, dx_TB, dalpha_T, dtheta_T = backends.with_cpu_schedule(backward, gS_TB)
+  dlam, dx_TB, dalpha_T, dtheta_T = backends.with_backend_schedule(backward, gS_TB)
   if spec.surrogate_mode == "dynamic":  # alpha came from H's statistics (no gradient)
     dalpha_T = jnp.zeros_like(dalpha_T)
   if spec.adaptive:  # stop_gradient on the threshold

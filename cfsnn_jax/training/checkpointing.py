@@ -22,8 +22,9 @@ one line too (``save`` / ``finish``); orbax's own log records of it (tracebacks 
 background threads) are dropped. A checkpoint whose tree or shapes do not match the model
 is not damage: it fails with one line naming the mismatch. With no checkpoint it returns
 the template, step 0 and ``{}``. ``restore_latest`` is the ``(state, step)`` shorthand.
-``stored_runs(directory)`` lists the run description saved with each finished step (the
-workdir compares it with the command's before resuming). ``init_from(other_workdir, state)``
+The run description saved with each finished step is read back by
+``workdir.stored_runs`` (compared with the command's before resuming).
+``init_from(other_workdir, state)``
 takes parameters and model state (not the optimizer state or step) from another run's
 newest intact checkpoint.
 """
@@ -47,7 +48,7 @@ from cfsnn_jax.training import workdir as workdir_lib
 from cfsnn_jax.errors import UserError
 
 CHECKSUM_KEY = "state_sha256"
-STEP_METADATA_FILE = "_CHECKPOINT_METADATA"  # orbax's per-step metadata (custom_metadata)
+STEP_METADATA_FILE = workdir_lib.STEP_METADATA_FILE
 DAMAGED_DIR = "checkpoints_damaged"
 
 
@@ -307,28 +308,6 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("cfsnn_jax_move_damaged")
   manager.reload()
-
-
-def stored_runs(directory: Any) -> list[tuple[int, dict]]:
-  """``(step, run description)`` of every finished step in ``directory`` that stores one,
-  newest first (reads orbax's step metadata file only; a step whose file does not read is
-  left out: restoring it reports the damage)."""
-  directory = workdir_lib.workdir_path(directory)
-  try:
-    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()),
-                   reverse=True) if directory.is_dir() else []
-  except OSError as e:
-    raise workdir_lib.fs_error(directory, e) from None
-  out = []
-  for step in steps:
-    try:
-      custom = json.loads((directory / str(step) / STEP_METADATA_FILE).read_text()).get(
-          "custom_metadata") or {}
-    except (OSError, ValueError, AttributeError):
-      continue
-    if isinstance(custom.get("run"), dict):
-      out.append((step, custom["run"]))
-  return out
 
 
 def restore_latest(manager: ocp.CheckpointManager, template: Any,

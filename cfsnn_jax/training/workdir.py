@@ -228,6 +228,32 @@ def _read_json(path: epath.Path) -> Any:
     raise fs_error(path, e) from None
 
 
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"  # orbax's per-step metadata (custom_metadata)
+
+
+def stored_runs(directory: Any) -> list[tuple[int, dict]]:
+  """``(step, run description)`` of every finished step in ``directory`` that stores one,
+  newest first (reads orbax's step metadata file only; a step whose file does not read is
+  left out: restoring it reports the damage)."""
+  directory = workdir_path(directory)
+  try:
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()),
+                   reverse=True) if directory.is_dir() else []
+  except OSError as e:
+    raise fs_error(directory, e) from None
+  out = []
+  for step in steps:
+    try:
+      custom = json.loads((directory / str(step) / STEP_METADATA_FILE).read_text()).get(
+          "custom_metadata") or {}
+    except (OSError, ValueError, AttributeError):
+      continue
+    if isinstance(custom.get("run"), dict):
+      out.append((step, custom["run"]))
+  return out
+
+
+
 def inspect(workdir: epath.Path, description: dict) -> Status:
   try:
     exists = workdir.exists()
@@ -239,8 +265,7 @@ def inspect(workdir: epath.Path, description: dict) -> Status:
     raise fs_error(workdir, e) from None
   # the run stored with each checkpoint: a deleted or replaced config.json / run.json cannot
   # pass another run's state off as this one's
-  from cfsnn_jax.training import checkpointing  # it imports this module
-  stored = checkpointing.stored_runs(workdir / "checkpoints") if exists else []
+  stored = stored_runs(workdir / "checkpoints") if exists else []
   for step, run in stored:
     diff = first_difference(comparable(run), comparable(description),
                             there=f"in its checkpoint step {step}", here="here")
