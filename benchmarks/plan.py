@@ -75,10 +75,12 @@ def residual_bytes(config: Any, info: Any) -> int:
   from flax import nnx
   from cfsnn_jax.training import steps
   from benchmarks import programs
+  from cfsnn_jax.config import resolve
   built: dict[str, Any] = {}
+  run = resolve(config)
 
   def init():
-    built["setup"] = steps.create_train_state(config, info, 1000)
+    built["setup"] = steps.create_train_state(run, info, 1000)
     return built["setup"].state
 
   state = jax.eval_shape(init)

@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cfsnn_jax import data
+from cfsnn_jax.config import resolve
 from cfsnn_jax.training import steps
 from cfsnn_jax.data.sources import DatasetInfo
 
@@ -119,14 +120,15 @@ def abstract_steps(config: Any, info: DatasetInfo | None = None,
                    devices: list | None = None, total_steps: int = 1000) -> Programs:
   info = dataset_info(config) if info is None else info
   built: dict[str, Any] = {}
+  run = resolve(config)
 
   def init():
-    built["setup"] = steps.create_train_state(config, info, total_steps)
+    built["setup"] = steps.create_train_state(run, info, total_steps)
     return built["setup"].state
 
   state = jax.eval_shape(init)
   setup = built["setup"]._replace(state=state)
-  programs = steps.make_steps(config, setup, devices)
+  programs = steps.make_steps(run, setup, devices)
   replicated = NamedSharding(programs.mesh, P())
   state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                        state)
