@@ -116,7 +116,7 @@ def test_every_remat_mode_saves_the_same_state_tree(config_name, family):
   import jax
 
   from cfsnn_jax import data
-  from cfsnn_jax.config import schema
+  from cfsnn_jax.config import resolve
   from cfsnn_jax.neuron.remat import REMATS
   from cfsnn_jax.training import steps
   sys.path.insert(0, REPO)
@@ -125,10 +125,10 @@ def test_every_remat_mode_saves_the_same_state_tree(config_name, family):
   for remat in REMATS:
     config = module.get_config("tiny")
     config.model.remat = remat
-    schema.validate_config(config)
+    run = resolve(config)
     assert config.model.name == family
-    info = data.load_dataset(config).info
-    state = jax.eval_shape(lambda: steps.create_train_state(config, info, 10).state)
+    info = data.load_dataset(run.config).info
+    state = jax.eval_shape(lambda: steps.create_train_state(run, info, 10).state)
     trees[remat] = [(jax.tree_util.keystr(p), v.shape, str(v.dtype))
                     for p, v in jax.tree_util.tree_leaves_with_path(state)]
   assert len(trees["none"]) > 3
@@ -137,17 +137,18 @@ def test_every_remat_mode_saves_the_same_state_tree(config_name, family):
 
 
 def test_workdir_of_another_remat_resumes(tmp_path):
+  from cfsnn_jax.config import resolve
   from cfsnn_jax.training import workdir
   sys.path.insert(0, REPO)
   from configs import default as default_config
   root = workdir.workdir_path(str(tmp_path / "run"))
   root.mkdir()
   config = default_config.get_config("tiny")
-  desc = workdir.run_description(config)
+  desc = workdir.run_description(resolve(config))
   workdir.write_description(root, desc, workdir.inspect(root, desc))
   (root / "checkpoints" / "3").mkdir(parents=True)
   config.model.remat = "block_full"
-  assert workdir.inspect(root, workdir.run_description(config)).kind == "resume"
+  assert workdir.inspect(root, workdir.run_description(resolve(config))).kind == "resume"
   config.model.remat, config.num_steps = "none", config.num_steps + 1  # not run-only
   with pytest.raises(Exception, match="holds another run: num_steps"):
-    workdir.inspect(root, workdir.run_description(config))
+    workdir.inspect(root, workdir.run_description(resolve(config)))
