@@ -133,15 +133,7 @@ def test_canonical_tells_programs_apart():
   assert canonical(a) != canonical(text(lambda v: jax.jit(jnp.cos)(v) * 2 + 1))
 
 
-# Known open defect (issue 23): after the symmetric-padding / fault / NIR merges the
-# cifar10_dvs train step for cuda differs with the CPU switches on vs off (it still holds no
-# CPU custom call: the test above). Strict, so the fix is noticed.
-_SWITCH_NAMES = [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="issue 23: cifar10_dvs's accelerator program depends on a CPU switch"))
-    if n == "cifar10_dvs:tiny" else n for n in NAMES]
-
-
-@pytest.mark.parametrize("name", _SWITCH_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_accelerator_programs_equal_the_programs_with_cpu_switches_off(exported, name):
   host, off = exported[name]["host"], exported[name]["off"]
   for key in host:

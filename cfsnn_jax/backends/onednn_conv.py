@@ -267,10 +267,14 @@ def _attrs(strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> dict[
               pb=np.int64(pb), pl=np.int64(pl), pr=np.int64(pr))
 
 
-def _call(kind: str, out_shape: tuple[int, ...], dtype: Any, a: jax.Array, b: jax.Array,
+def _call(kind: str, like: jax.Array, out_shape: tuple[int, ...], a: jax.Array, b: jax.Array,
           strides, pads) -> jax.Array:
-  return jax.ffi.ffi_call(_TARGETS[kind], jax.ShapeDtypeStruct(out_shape, dtype),
-                          vmap_method="sequential")(a, b, **_attrs(strides, pads))
+  """The kernel's result typed like ``like`` (dtype and sharding: a result without one would
+  give its cotangents another type than their primals, and autodiff would insert a reshape
+  into every branch of the program, the accelerator's included)."""
+  result = jax.ShapeDtypeStruct(out_shape, like.dtype, sharding=jax.typeof(like).sharding)
+  return jax.ffi.ffi_call(_TARGETS[kind], result, vmap_method="sequential")(
+      a, b, **_attrs(strides, pads))
 
 
 def _xla_conv(x_BHWC, w_HWIO, strides, pads):
@@ -283,7 +287,7 @@ def _forward(x_BHWC, w_HWIO, strides, pads, use_kernels=True):
     return _xla_conv(x_BHWC, w_HWIO, strides, pads)
   out = jax.eval_shape(functools.partial(_xla_conv, strides=strides, pads=pads), x_BHWC,
                        w_HWIO)  # lax's output shape
-  return _call("fwd", out.shape, x_BHWC.dtype, x_BHWC, w_HWIO, strides, pads)
+  return _call("fwd", x_BHWC, out.shape, x_BHWC, w_HWIO, strides, pads)
 
 
 def _xla_grads(x_BHWC, w_HWIO, strides, pads, g_BHWO):
@@ -309,8 +313,8 @@ def _conv_bwd(strides, pads, use_kernels, res, g_BHWO):
   g_BHWO = g_BHWO.astype(x_BHWC.dtype)
   if not use_kernels:
     return _xla_grads(x_BHWC, w_HWIO, strides, pads, g_BHWO)
-  dx = _call("bwd_data", x_BHWC.shape, x_BHWC.dtype, g_BHWO, w_HWIO, strides, pads)
-  dw = _call("bwd_weights", w_HWIO.shape, w_HWIO.dtype, x_BHWC, g_BHWO, strides, pads)
+  dx = _call("bwd_data", x_BHWC, x_BHWC.shape, g_BHWO, w_HWIO, strides, pads)
+  dw = _call("bwd_weights", w_HWIO, w_HWIO.shape, x_BHWC, g_BHWO, strides, pads)
   return dx, dw
 
 
