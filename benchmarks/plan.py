@@ -5,8 +5,10 @@
   python -m benchmarks.plan --tiny                  # one :tiny config (the suite's form)
 
 For each config at its recipe's batch size and T (one device holding the whole global batch),
-the train step is traced as ``train.py`` jits it (``benchmarks.programs``) with every CPU
-switch off and lowered for ``cuda``; from that program:
+the train and eval steps are first exported with ``jax.export`` for ``cuda`` and ``tpu`` with
+the host's CPU switches as they are (column ``exports``: ``cuda+tpu`` where both hold no
+CPU-only custom call, else the failure); then the train step is traced as ``train.py`` jits it
+(``benchmarks.programs``) with every CPU switch off and lowered for ``cuda``; from that program:
 
 - parameters; FLOPs and bytes accessed per step: XLA's HLO cost analysis of the lowered
   (unoptimised, pre-fusion) module (``Lowered.cost_analysis()``, which runs on this host).
@@ -29,8 +31,10 @@ switch off and lowered for ``cuda``; from that program:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -98,12 +102,59 @@ def residual_bytes(config: Any, info: Any) -> int:
   return _bytes(a for a, src in res if not src.startswith("from the argument"))
 
 
+# The accelerator program: every CPU path off (the switches are read while tracing).
+SWITCHES_OFF = {"CFSNN_ONEDNN_CONV": "0", "CFSNN_BACKEND_WORKAROUNDS": "off",
+                "CFSNN_CPU_TUNING": "0"}
+
+
+@contextlib.contextmanager
+def switches_off():
+  before = {k: os.environ.get(k) for k in SWITCHES_OFF}
+  os.environ.update(SWITCHES_OFF)
+  try:
+    yield
+  finally:
+    for k, v in before.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def export_check(config: Any, info: Any) -> str:
+  """``"cuda+tpu"`` where the train and eval steps, traced with the host's CPU switches as
+  they are, export for both with no CPU-only custom call; else the first failure, one line."""
+  import jax
+  from benchmarks import programs
+  from cfsnn_jax.backends import onednn_conv
+  cpu_only = set(onednn_conv._TARGETS.values())
+  p = programs.abstract_steps(config, info, devices=jax.devices()[:1])
+  for platform in ("cuda", "tpu"):
+    try:
+      exported = programs.export(p, platform)
+    except Exception as e:  # noqa: BLE001 -- reported in the table
+      return f"{platform}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    for step, exp in exported.items():
+      found = set(re.findall(r"stablehlo\.custom_call @([\w.$-]+)", exp.mlir_module()))
+      if found & cpu_only:
+        return f"{platform} {step}: CPU-only custom calls {sorted(found & cpu_only)}"
+  return "cuda+tpu"
+
+
 def plan_config(name: str) -> dict[str, Any]:
   import jax
   from benchmarks import programs
   config = programs.load_config(name)
   info = programs.dataset_info(config)
   t0 = time.perf_counter()
+  exports = export_check(config, info)
+  with switches_off():
+    return _plan(name, config, info, exports, t0)
+
+
+def _plan(name: str, config: Any, info: Any, exports: str, t0: float) -> dict[str, Any]:
+  import jax
+  from benchmarks import programs
   p = programs.abstract_steps(config, info, devices=jax.devices()[:1])
   lowered = p.train.trace(p.state, p.batch).lower(lowering_platforms=("cuda",))
   cost = lowered.cost_analysis()
@@ -129,7 +180,7 @@ def plan_config(name: str) -> dict[str, Any]:
           "flops_per_step": flops, "bytes_accessed_per_step": nbytes,
           "state_bytes": state_bytes, "activation_bytes": activations,
           "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-          "bounds": bounds, "plan_s": time.perf_counter() - t0}
+          "bounds": bounds, "exports": exports, "plan_s": time.perf_counter() - t0}
 
 
 def _gib(b: float) -> str:
@@ -139,7 +190,7 @@ def _gib(b: float) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
   head = ["config", "model", "B", "T", "dtype", "params", "GFLOP/step", "GB accessed",
           "state GiB"] + [f"act GiB {r}" for r in REMAT_SETTINGS] + [
-          "H100 step ms", "H100 recipe h", "v5e step ms", "v5e recipe h"]
+          "H100 step ms", "H100 recipe h", "v5e step ms", "v5e recipe h", "exports"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     b = r["bounds"]
@@ -149,7 +200,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     cells += [_gib(r["activation_bytes"][k]) for k in REMAT_SETTINGS]
     cells += [f"{1e3 * b['H100']['step_s']:.3g}", f"{b['H100']['recipe_device_hours']:.3g}",
               f"{1e3 * b['TPU v5e']['step_s']:.3g}",
-              f"{b['TPU v5e']['recipe_device_hours']:.3g}"]
+              f"{b['TPU v5e']['recipe_device_hours']:.3g}", r["exports"]]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -166,8 +217,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
-  # The accelerator program: every CPU path off (they never reach a cuda / tpu lowering).
-  os.environ.update(CFSNN_ONEDNN_CONV="0", CFSNN_BACKEND_WORKAROUNDS="off")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from benchmarks import programs
   from benchmarks.measure import machine
@@ -185,7 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for n in names:
     r = plan_config(n)
     print(f"  {n}: {r['flops_per_step'] / 1e9:,.4g} GFLOP/step, H100 bound "
-          f"{1e3 * r['bounds']['H100']['step_s']:.3g} ms ({r['plan_s']:.0f} s)", flush=True)
+          f"{1e3 * r['bounds']['H100']['step_s']:.3g} ms, exports {r['exports']} "
+          f"({r['plan_s']:.0f} s)", flush=True)
     rows.append(r)
   print()
   print(table(rows))

@@ -35,17 +35,20 @@ def _matmul_flops(jaxpr, mult=1) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_plan(monkeypatch_module):
-  for k, v in dict(CFSNN_ONEDNN_CONV="0", CFSNN_BACKEND_WORKAROUNDS="off").items():
+  # The CPU paths on, as a one-device CPU host takes them (the suite's 4 devices turn the
+  # oneDNN auto mode off): the exports column must still say cuda+tpu.
+  for k, v in dict(CFSNN_ONEDNN_CONV="1", CFSNN_BACKEND_WORKAROUNDS="on").items():
     monkeypatch_module.setenv(k, v)
   import jax
   from benchmarks import plan, programs
   from cfsnn_jax.backends import per_platform
   name = f"{plan.TINY_CONFIG}:tiny"
   config = programs.load_config(name)
-  with per_platform.portable_only():  # the accelerator branch alone, no platform conditional
+  with plan.switches_off(), per_platform.portable_only():  # the accelerator branch alone
     p = programs.abstract_steps(config, programs.dataset_info(config),
                                 devices=jax.devices()[:1])
     reference = _matmul_flops(p.train.trace(p.state, p.batch).jaxpr.jaxpr)
+  assert os.environ["CFSNN_ONEDNN_CONV"] == "1"  # switches_off restores the host's
   return plan.plan_config(name), reference, config
 
 
@@ -61,6 +64,10 @@ def test_flops_agree_with_an_independent_count(tiny_plan):
   # tiny config's 4x4 / 8x8 maps) and adds the elementwise work on top.
   assert reference > 0
   assert 0.85 <= row["flops_per_step"] / reference <= 1.25, (row["flops_per_step"], reference)
+
+
+def test_the_host_programs_export_for_accelerators(tiny_plan):
+  assert tiny_plan[0]["exports"] == "cuda+tpu"
 
 
 def test_bounds_are_flops_over_peak(tiny_plan):
