@@ -28,10 +28,13 @@ from cfsnn_jax.neuron import equations as neurons
 from cfsnn_jax.neuron import layers
 
 T, B = 2, 2
-# Flip tolerances on |potential - threshold| (docs/DECISIONS.md, "Issue 26 — published
-# structure" 2): float64 rounding for the LIF models; the DS-ATGO neuron computes its adaptive
-# threshold and its decay in float32 (METHOD.md §4.1), so its potentials carry float32 rounding.
+# Flip tolerances on |potential - threshold| (docs/DECISIONS.md, "Issue 26" 6): float64
+# rounding for the LIF models; the DS-ATGO neuron computes its adaptive threshold and its decay
+# in float32 (METHOD.md §4.1), so its potentials carry float32 rounding.
 TOL_LIF, TOL_DSATGO = 1e-9, 1e-5
+# Gradients: our neuron's backward computes in float32 (METHOD.md §2.2), so each parameter's
+# gradient agrees to float32 rounding of its largest element (measured: at most 2.9e-6).
+GRAD_RTOL = 2e-5
 TET_LIF = dict(surrogate="triangle", alpha=1.0, surrogate_mode="fixed")  # TET's ZIF, gamma 1
 
 
@@ -337,7 +340,7 @@ def test_same_function_as_the_published_model(key, sow_inputs):
       scale = float(jnp.max(jnp.abs(g_ref[name]))) + 1e-30
       err = float(jnp.max(jnp.abs(g - g_ref[name]))) / scale
       worst = max(worst, err)
-      assert err < 1e-5, f"gradient of {name} differs by {err:.1e} of its largest element"
+      assert err < GRAD_RTOL, f"gradient of {name} differs by {err:.1e} of its largest element"
     print(f"  logits max|diff| {float(jnp.max(jnp.abs(logits - logits_ref))):.1e}, "
           f"gradients max relative diff {worst:.1e}")
     for name in ref_only:  # a bias before training-mode BN has no effect and no gradient
