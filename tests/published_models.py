@@ -152,7 +152,10 @@ class Recorder:
       h, s, theta = step(u, x_TB[t])
       s_used = s if forced is None else forced[t].astype(s.dtype)
       u = (1 - s_used) * h  # hard reset to 0; the gradient flows through the spike
-      hs.append(h), ss.append(s), thetas.append(theta), used.append(s_used)
+      hs.append(h)
+      ss.append(s)
+      thetas.append(theta)
+      used.append(s_used)
     self.records.append(dict(name=name, input_TB=x_TB, potential_TB=jnp.stack(hs),
                              spikes_TB=jnp.stack(ss), theta_T=jnp.stack(thetas)))
     return jnp.stack(used)
