@@ -55,6 +55,15 @@ MODELS = {
     "resnet_sew_lif_decay_input": (lambda f: SpikingResNet(
         input_shape=(8, 8, 3), num_classes=5, neuron=f, stage_blocks=(1, 2), widths=(4, 8),
         strides=(1, 2), residual="sew_add", rngs=nnx.Rngs(0)), (8, 8, 3), "lif"),
+    # issue 26: strided 3x3 convolutions padded (1, 1) as torch's (stem and block), and the
+    # DS-ATGO code's head FC -> BN -> neuron -> FC (bias-free) with SEW-ADD and a wide stem
+    "resnet_strided_stem_lif": (lambda f: SpikingResNet(
+        input_shape=(16, 16, 3), num_classes=5, neuron=f, stage_blocks=(1, 1), widths=(4, 8),
+        strides=(1, 2), stem_stride=2, head_hidden=6, rngs=nnx.Rngs(0)), (16, 16, 3), "lif"),
+    "resnet_dsatgo_head_plif": (lambda f: SpikingResNet(
+        input_shape=(8, 8, 3), num_classes=5, neuron=f, stage_blocks=(1, 1), widths=(8, 16),
+        strides=(1, 2), stem_width=8, head_hidden=6, head_form="bn", residual="sew_add",
+        rngs=nnx.Rngs(0)), (8, 8, 3), "plif"),
 }
 
 
@@ -102,6 +111,47 @@ def test_residual_adds_are_edges_into_one_node():
   g2 = cnir.export_nir(sew, shape)
   assert sorted(a for a, b in g2.edges if b == "blocks.2.conv1") == ["blocks.1.down_neuron",
                                                                       "blocks.1.neuron2"]
+
+
+def test_strided_convolutions_export_their_symmetric_padding():
+  """torch's ``padding=1`` at stride 2 is NIR's ``padding=(1, 1)``; the 1x1 shortcut has none."""
+  model, shape = _build("resnet_strided_stem_lif")
+  nodes = cnir.export_nir(model, shape).nodes
+  for name, stride, pad in [("stem_conv", 2, 1), ("blocks.0.conv1", 1, 1),
+                            ("blocks.1.conv1", 2, 1), ("blocks.1.down_conv", 2, 0)]:
+    assert tuple(np.ravel(nodes[name].stride)) == (stride, stride), name
+    assert tuple(np.ravel(nodes[name].padding)) == (pad, pad), name
+  assert tuple(nodes["blocks.1.conv1"].output_type["output"]) == (8, 4, 4)  # 8x8 -> 4x4
+
+
+def test_dsatgo_head_batchnorm_folds_into_the_affine():
+  """Eval-mode BatchNorm1d after the bias-free FC is an affine map: the exported ``fc`` node
+  is ``s * W x + (beta - mean * s)``, ``s = gamma / sqrt(var + eps)``; the head has no bias."""
+  model, shape = _build("resnet_dsatgo_head_plif")
+  nodes = cnir.export_nir(model, shape).nodes
+  bn = model.fc_bn.bn
+  s = np.asarray(bn.scale[...]) / np.sqrt(np.asarray(bn.var[...]) + bn.epsilon)
+  np.testing.assert_allclose(nodes["fc"].weight, np.asarray(model.fc.kernel[...]).T * s[:, None],
+                             rtol=1e-6)
+  np.testing.assert_allclose(nodes["fc"].bias, np.asarray(bn.bias[...])
+                             - np.asarray(bn.mean[...]) * s, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(nodes["head"].bias, 0.0)
+  assert not [n for n in nodes if "bn" in n]
+
+
+def test_flax_same_padding_at_stride_2_is_refused_with_one_line():
+  """flax's SAME pads a stride-2 3x3 convolution of an even input by (0, 1); NIR pads
+  symmetrically, so such a model is refused, naming the convolution; at stride 1 flax's
+  SAME is the symmetric padding and exports."""
+  make = lambda strides: _randomize(SpikingResNet(  # noqa: E731
+      input_shape=(8, 8, 3), num_classes=5, neuron=_factory("lif"), stage_blocks=(1, 1),
+      widths=(4, 8), strides=strides, conv_padding="flax_same", rngs=nnx.Rngs(0)))
+  with pytest.raises(UserError, match=r"blocks\.1\.conv1 to NIR: asymmetric padding "
+                                      r"\[\(0, 1\), \(0, 1\)\]") as info:
+    cnir.export_nir(make((1, 2)), (8, 8, 3))
+  assert "\n" not in str(info.value)
+  nodes = cnir.export_nir(make((1, 1)), (8, 8, 3)).nodes
+  assert tuple(np.ravel(nodes["blocks.1.conv1"].padding)) == (1, 1)
 
 
 def test_neuron_parameters_follow_the_documented_discretisation():

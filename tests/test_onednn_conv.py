@@ -82,6 +82,37 @@ def test_bfloat16_forward_and_gradients_match_float32_within_bf16_rounding(force
     assert err < 1e-2, (name, err)  # bf16 output rounding (8 bits of mantissa)
 
 
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(2, 8, 8, 16), (2, 9, 9, 16), (3, 8, 7, 8)],
+                         ids=["even", "odd", "even_by_odd"])
+def test_stride_2_with_symmetric_padding_equals_lax(forced_on, shape, dtype):
+  """The models' strided 3x3 convolutions (``padding=1`` on each side, as torch's, issue 26):
+  with an even input the last padded row and column are read by no window, with an odd one
+  every one is; both agree with XLA's forward, dx and dw (bf16: to bf16 rounding)."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal(shape, np.float32))
+  w = jnp.asarray(rng.standard_normal((3, 3, shape[3], 24), np.float32) * 0.2)
+  strides, pads = (2, 2), ((1, 1), (1, 1))
+  y_shape = jax.eval_shape(lambda: _ref(x, w, strides, pads)).shape
+  assert y_shape[1:3] == tuple((n + 1) // 2 for n in shape[1:3])  # ceil(n / 2), as torch
+  g = jnp.asarray(rng.standard_normal(y_shape, np.float32))
+  if dtype == "bfloat16":
+    x, w, g = (a.astype(jnp.bfloat16) for a in (x, w, g))
+  fn = jax.jit(lambda x, w, g: _value_and_grads(onednn_conv.conv_general_dilated, x, w, g,
+                                                strides, pads))
+  hlo = fn.lower(x, w, g).as_text()
+  assert "CfsnnConvBwdData" in hlo and "CfsnnConvBwdWeights" in hlo
+  got = fn(x, w, g)
+  # the reference: XLA's convolution of the same operands, in float32
+  want = _value_and_grads(lax.conv_general_dilated, *(a.astype(jnp.float32) for a in (x, w, g)),
+                          strides, pads)
+  for a, b, name in zip(got, want, ("y", "dx", "dw")):
+    assert a.dtype == jnp.dtype(dtype), name
+    a, b = np.asarray(a.astype(jnp.float32)), np.asarray(b)
+    err = np.abs(a - b).max() / np.abs(b).max()
+    assert err < (2e-5 if dtype == "float32" else 1e-2), (name, err)
+
 @pytest.mark.parametrize("kwargs", [
     dict(rhs_dilation=(2, 2)), dict(feature_group_count=2), dict(lhs_dilation=(2, 2)),
     dict(dimension_numbers=("NCHW", "OIHW", "NCHW")), dict(precision=lax.Precision.HIGHEST)])

@@ -4,7 +4,8 @@ Contract:
 - ``export_nir(model) -> nir.NIRGraph``: a trained (or fresh) ``SpikingMLP``,
   ``SpikingConvNet`` or ``SpikingResNet`` (``standard`` or ``sew_add`` residuals) in eval
   mode, as NIR 1.0 nodes: ``Input`` (CHW, the image fed at every step), ``Conv2d`` /
-  ``Affine`` with BatchNorm (running statistics) folded in, ``AvgPool2d``, ``Flatten``,
+  ``Affine`` with BatchNorm (running statistics) folded in (also the ``head_form="bn"``
+  head's BN after its bias-free FC), ``AvgPool2d``, ``Flatten``,
   ``IF`` / ``LIF`` neurons, residual adds as several edges into one node (NIR sums a node's
   inputs), ``Output`` (the logits per step). The graph is type-checked by ``nir`` itself.
 - ``import_nir(graph, num_steps) -> NIRNetwork``: an NNX model of our layers (``nnx.Conv``,
@@ -32,7 +33,8 @@ scaling ``v_threshold`` and ``v_reset`` by ``dt / (r tau)``, which gives the sam
 What NIR cannot carry (refused with one ``UserError`` line naming the missing primitive):
 multi-level CF spikes (``levels > 1``: no graded-spike neuron), signed / ternary spikes, soft
 (subtractive) reset (NIR's IF / LIF reset to ``v_reset``), DS-ATGO's adaptive per-step
-threshold, per-step BatchNorm (TEBN: weights that change with t), max pooling, the ANN twin
+threshold, per-step BatchNorm (TEBN: weights that change with t), asymmetric padding (a
+strided convolution of a ``conv_padding="flax_same"`` model), max pooling, the ANN twin
 (ReLU), Spikformer / text models (no attention, embedding or matmul-of-activations
 primitives). Backward-only settings (surrogate family, learnable ``rho`` of LSG, DS-ATGO's
 dynamic width) have no forward meaning and are recorded in ``metadata`` only.
