@@ -3,6 +3,7 @@
   python -m benchmarks.plan                         # every paper config, full size (minutes)
   python -m benchmarks.plan --configs=cifar10,sst2 --out=/tmp/plan.json
   python -m benchmarks.plan --tiny                  # one :tiny config (the suite's form)
+  python -m benchmarks.plan --check_memory=cifar10 --batch=16   # the estimate vs XLA:CPU's
 
 For each config at its recipe's batch size and T (one device holding the whole global batch),
 the train and eval steps are first exported with ``jax.export`` for ``cuda`` and ``tpu`` with
@@ -19,8 +20,8 @@ CPU-only custom call, else the failure); then the train step is traced as ``trai
   the backward pass keeps from the forward pass (``jax.ad_checkpoint``'s ``saved_residuals`` of
   the loss, parameters and inputs excluded), plus the training state (parameters + optimizer
   state) as its own column. It is the autodiff's own account, before XLA's scheduling: XLA's
-  temporaries come on top, fusion may drop a few; a lower bound of the peak, accurate to tens
-  of per cent (docs/PERFORMANCE.md "Cost plan");
+  temporaries (and a recomputed block's) come on top, fusion may drop a few; how far it holds
+  against a compiled program's buffer assignment is in docs/PERFORMANCE.md "Cost plan";
 - the step's lower bound on an H100 (989 TFLOP/s bf16 dense, 67 TFLOP/s fp32, 3.35 TB/s) and
   a TPU v5e chip (197 TFLOP/s bf16, 819 GB/s): FLOPs / peak for the config's compute dtype
   (the compute roofline; the bytes / bandwidth time is printed beside it but not used, being
@@ -183,6 +184,31 @@ def _plan(name: str, config: Any, info: Any, exports: str, t0: float) -> dict[st
           "bounds": bounds, "exports": exports, "plan_s": time.perf_counter() - t0}
 
 
+def check_memory(name: str, batch: int) -> list[dict[str, Any]]:
+  """The activation estimate against the compiled CPU program's buffer assignment (XLA's
+  ``memory_analysis()`` temp bytes), per remat setting, with the host's CPU switches as they
+  are and with them off."""
+  import jax
+  from benchmarks import programs
+  out = []
+  for remat in ("none", "block_full"):
+    config = programs.load_config(name)
+    config.batch_size, config.model.remat = batch, remat
+    info = programs.dataset_info(config)
+    with switches_off():
+      estimate = residual_bytes(config, info)
+    for setting in ("host", "off"):
+      with switches_off() if setting == "off" else contextlib.nullcontext():
+        p = programs.abstract_steps(config, info, devices=jax.devices()[:1])
+        temp = p.train.trace(p.state, p.batch).lower().compile().memory_analysis()
+      out.append({"config": name, "batch": batch, "remat": remat, "switches": setting,
+                  "estimate_bytes": estimate, "compiled_temp_bytes": temp.temp_size_in_bytes})
+      print(f"  {name} B={batch} remat={remat} CPU switches {setting}: estimate "
+            f"{_gib(estimate)} GiB, compiled temp {_gib(temp.temp_size_in_bytes)} GiB "
+            f"({temp.temp_size_in_bytes / estimate:.2f}x)", flush=True)
+  return out
+
+
 def _gib(b: float) -> str:
   return f"{b / 2**30:.3g}"
 
@@ -212,6 +238,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "every paper config; NAME:tiny for a config's tiny branch)")
   p.add_argument("--tiny", action="store_true", help=f"plan {TINY_CONFIG}:tiny only (tests)")
   p.add_argument("--out", default="", help="write every number as JSON here")
+  p.add_argument("--check_memory", default="", metavar="CONFIG",
+                 help="compile CONFIG's CPU program at --batch and compare its buffer "
+                 "assignment with the activation estimate (instead of the plan)")
+  p.add_argument("--batch", type=int, default=16, help="batch size of --check_memory")
   return p.parse_args(argv)
 
 
@@ -220,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from benchmarks import programs
   from benchmarks.measure import machine
-  from cfsnn_jax.errors import unknown_choice
+  from cfsnn_jax.errors import UserError, unknown_choice
   names = ([f"{TINY_CONFIG}:tiny"] if args.tiny else
            [n for n in args.configs.split(",") if n] or paper_configs())
   known = programs.config_names()
@@ -228,6 +258,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if n.partition(":")[0] not in known:
       raise unknown_choice("config (--configs)", n, known)
   mach = machine()
+  if args.check_memory:
+    if args.check_memory.partition(":")[0] not in known:
+      raise unknown_choice("config (--check_memory)", args.check_memory, known)
+    if args.batch < 1:
+      raise UserError(f"--batch={args.batch}: expected a positive batch size")
+    print(f"memory check on: {mach['cpu']}, jax {mach['jax']}", flush=True)
+    rows = check_memory(args.check_memory, args.batch)
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump({"machine": mach, "memory": rows}, f, indent=1)
+    return {"machine": mach, "memory": rows}
   print(f"plan traced on: {mach['cpu']}, jax {mach['jax']}; lowered for cuda (XLA cost "
         "analysis of the unoptimised module)", flush=True)
   rows = []
