@@ -9,7 +9,7 @@ counting rule.
 The package face (docs/API.md) is lazy: a name of ``_FACE`` loads its module at first use.
 """
 
-import importlib
+from cfsnn_jax import lazy_face
 
 _FACE = {  # name -> module of this package that defines it
     "measure_energy": "energy", "energy_markdown": "energy", "trace_synaptic_ops": "energy",
@@ -18,13 +18,4 @@ _FACE = {  # name -> module of this package that defines it
     "plot_firing_rates": "plots",
 }
 __all__ = sorted(_FACE)
-
-
-def __getattr__(name):
-  if name not in _FACE:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
-
-
-def __dir__():
-  return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_face(__name__, _FACE)

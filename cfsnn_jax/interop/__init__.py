@@ -4,17 +4,8 @@ The package face (docs/API.md) is lazy (the ``nir`` package is an optional extra
 ``_FACE`` loads its module at first use.
 """
 
-import importlib
+from cfsnn_jax import lazy_face
 
 _FACE = {"export_nir": "nir", "import_nir": "nir", "write_nir": "nir", "read_nir": "nir"}
 __all__ = sorted(_FACE)
-
-
-def __getattr__(name):
-  if name not in _FACE:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
-
-
-def __dir__():
-  return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_face(__name__, _FACE)

@@ -5,7 +5,7 @@ The package face (docs/API.md) is lazy: importing the package loads no jax (the 
 imports ``spec``); a name of ``_FACE`` loads its module at first use.
 """
 
-import importlib
+from cfsnn_jax import lazy_face
 
 _FACE = {  # name -> module of this package that defines it
     "NeuronSpec": "spec", "resolve_spec": "spec", "spec_dict": "spec", "lif_decay": "spec",
@@ -20,13 +20,4 @@ _FACE = {  # name -> module of this package that defines it
     "REMATS": "remat",
 }
 __all__ = sorted(_FACE)
-
-
-def __getattr__(name):
-  if name not in _FACE:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
-
-
-def __dir__():
-  return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_face(__name__, _FACE)

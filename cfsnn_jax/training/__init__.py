@@ -8,7 +8,7 @@ so importing one module of the package (``training.workdir`` from the energy CLI
 not load the rest.
 """
 
-import importlib
+from cfsnn_jax import lazy_face
 
 _FACE = {  # name -> module of this package that defines it
     "train_and_evaluate": "loop", "Trained": "loop", "evaluate": "loop",
@@ -18,13 +18,4 @@ _FACE = {  # name -> module of this package that defines it
     "read_metrics": "metric_writers",
 }
 __all__ = sorted(_FACE)
-
-
-def __getattr__(name):
-  if name not in _FACE:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
-
-
-def __dir__():
-  return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_face(__name__, _FACE)
