@@ -152,3 +152,49 @@ def test_workdir_of_another_remat_resumes(tmp_path):
   config.model.remat, config.num_steps = "none", config.num_steps + 1  # not run-only
   with pytest.raises(Exception, match="holds another run: num_steps"):
     workdir.inspect(root, workdir.run_description(resolve(config)))
+
+
+def test_added_model_fields_match_the_models_and_guard_older_workdirs(tmp_path):
+  """A ResNet workdir written before ``model.conv_padding`` existed was trained with flax's
+  SAME padding: resuming it under the new default is refused naming the field, and the
+  documented ``--config.model.conv_padding=flax_same`` resumes it; new run.json files name
+  the padding (and the head form) explicitly."""
+  import inspect
+  import json
+
+  from cfsnn_jax.config import resolve, schema
+  from cfsnn_jax.models import resnet
+  from cfsnn_jax.training import workdir
+  sys.path.insert(0, REPO)
+  from configs import cifar10
+  defaults = inspect.signature(resnet.SpikingResNet.__init__).parameters
+  for field, (names, now, _) in workdir.ADDED_MODEL_FIELDS.items():
+    assert defaults[field].default == now, field
+    taking = {m for m, fields in schema.MODEL_FIELDS.items()
+              if any(f.path.split(".")[-1] == field for f in fields)}
+    assert taking == set(names), (field, taking)
+
+  root = workdir.workdir_path(str(tmp_path / "run"))
+  root.mkdir()
+  desc = workdir.run_description(resolve(cifar10.get_config("tiny")))
+  assert desc["config"]["model"]["conv_padding"] == "symmetric"
+  assert desc["config"]["model"]["head_form"] == "biased"
+  workdir.write_description(root, desc, workdir.inspect(root, desc))
+  (root / "checkpoints" / "3").mkdir(parents=True)
+  for name in ("run.json", "config.json"):  # as a workdir of the earlier version
+    d = json.loads((root / name).read_text())
+    model = (d["config"] if "config" in d else d)["model"]
+    del model["conv_padding"], model["head_form"]
+    (root / name).write_text(json.dumps(d))
+
+  def kind(**model):
+    config = cifar10.get_config("tiny")
+    config.model.update(model)
+    return workdir.inspect(root, workdir.run_description(resolve(config))).kind
+
+  for model in ({}, {"conv_padding": "symmetric"}):
+    with pytest.raises(Exception, match='holds another run: model.conv_padding is "flax_same" '
+                       'there, "symmetric" here'):
+      kind(**model)
+  assert kind(conv_padding="flax_same") == "resume"
+  assert kind(conv_padding="flax_same", head_form="biased") == "resume"

@@ -184,17 +184,42 @@ def library_versions() -> dict[str, str]:
   return out
 
 
+# Model fields added after workdirs were written, that change what a model computes: the
+# value a run takes when its config leaves the field out (written into run.json explicitly)
+# and the value every run written before the field existed had (a stored run without it).
+_RESNETS = ("resnet19", "resnet18", "resnet20")
+ADDED_MODEL_FIELDS = {
+    # field: (models that take it, default now, what earlier runs computed)
+    "conv_padding": (_RESNETS, "symmetric", "flax_same"),
+    "head_form": (_RESNETS, "biased", "biased"),
+}
+
+
+def _model_defaults(config: dict, value_index: int) -> None:
+  model = config.get("model")
+  if not isinstance(model, dict):
+    return
+  for field, (names, *values) in ADDED_MODEL_FIELDS.items():
+    if model.get("name") in names and field not in model:
+      model[field] = values[value_index - 1]
+
+
 def run_description(run: Any) -> dict:
   """What ``run.json`` holds for a resolved run (``cfsnn_jax.config.ResolvedRun``)."""
   description = {"config": json.loads(run.config.to_json()),
                  "neuron_spec": dataclasses.asdict(run.neuron),
                  "data_options": run.data_options, "versions": library_versions()}
+  _model_defaults(description["config"], 1)  # explicit: the default may change again
   return json.loads(json.dumps(description, default=str))  # as saved: tuples become lists
 
 
 def comparable(description: dict) -> dict:
-  """The flattened fields two runs of one workdir must share."""
+  """The flattened fields two runs of one workdir must share (a stored run without a field of
+  ``ADDED_MODEL_FIELDS`` has the value runs had before it existed)."""
   flat = {}
+  if isinstance(description.get("config"), dict):
+    description = dict(description, config=json.loads(json.dumps(description["config"])))
+    _model_defaults(description["config"], 2)
   for section in ("config", "neuron_spec", "data_options"):
     if description.get(section) is not None:
       _flatten(description[section], section if section != "config" else "", flat)
