@@ -18,6 +18,7 @@ checkout, a walk from the repository root; no list of files or modules is writte
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -79,7 +80,20 @@ def text_files() -> list[Path]:
     for root, dirs, files in os.walk(REPO):
       dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
       paths += [Path(root) / f for f in files]
-  return [p for p in paths if p.suffix in TEXT_SUFFIXES and p.is_file() and not p.is_symlink()]
+  return [p for p in paths if p.suffix in TEXT_SUFFIXES and p.is_file() and not p.is_symlink()
+          and not _in_virtualenv(p)]
+
+
+@functools.lru_cache(maxsize=None)
+def _is_virtualenv(directory: Path) -> bool:
+  return (directory / "pyvenv.cfg").is_file()
+
+
+def _in_virtualenv(path: Path) -> bool:
+  """Whether ``path`` lies in a virtual environment made inside the checkout (README: ``python3
+  -m venv v``): its packages are not the repository's files, whatever the environment's name."""
+  return any(_is_virtualenv(REPO / d) for d in path.relative_to(REPO).parents
+             if d != Path("."))
 
 
 def read_text(path: Path) -> str:
