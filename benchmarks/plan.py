@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import time
 from typing import Any
@@ -103,23 +102,10 @@ def residual_bytes(config: Any, info: Any) -> int:
   return _bytes(a for a, src in res if not src.startswith("from the argument"))
 
 
-# The accelerator program: every CPU path off (the switches are read while tracing).
-SWITCHES_OFF = {"CFSNN_ONEDNN_CONV": "0", "CFSNN_BACKEND_WORKAROUNDS": "off",
-                "CFSNN_CPU_TUNING": "0"}
-
-
-@contextlib.contextmanager
 def switches_off():
-  before = {k: os.environ.get(k) for k in SWITCHES_OFF}
-  os.environ.update(SWITCHES_OFF)
-  try:
-    yield
-  finally:
-    for k, v in before.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+  """A context within which traces are the accelerator program (every CPU switch off)."""
+  from benchmarks import programs
+  return programs.environment(programs.CPU_SWITCHES_OFF)
 
 
 def export_check(config: Any, info: Any) -> str:
@@ -136,14 +122,13 @@ def export_check(config: Any, info: Any) -> str:
     except Exception as e:  # noqa: BLE001 -- reported in the table
       return f"{platform}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
     for step, exp in exported.items():
-      found = set(re.findall(r"stablehlo\.custom_call @([\w.$-]+)", exp.mlir_module()))
+      found = programs.custom_call_targets(exp.mlir_module())
       if found & cpu_only:
         return f"{platform} {step}: CPU-only custom calls {sorted(found & cpu_only)}"
   return "cuda+tpu"
 
 
 def plan_config(name: str) -> dict[str, Any]:
-  import jax
   from benchmarks import programs
   config = programs.load_config(name)
   info = programs.dataset_info(config)

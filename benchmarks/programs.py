@@ -18,13 +18,19 @@ Contract:
   ``lower_text(programs, platform)`` -> ``{"train": str, "eval": str}`` (StableHLO of
   ``jit.trace(...).lower(lowering_platforms=(platform,))``: no serialization check, so the
   CPU program's custom calls may be inspected).
+- ``environment(values)``: a context setting environment variables (``None``: unset) and
+  restoring them; ``CPU_SWITCHES_OFF``: every CPU switch off (the switches are read while
+  tracing, so a trace inside ``environment(CPU_SWITCHES_OFF)`` is the accelerator program).
+- ``custom_call_targets(stablehlo_text)``: the custom-call targets a program holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -33,6 +39,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cfsnn_jax import data
+from cfsnn_jax.backends import switches
 from cfsnn_jax.config import resolve
 from cfsnn_jax.training import steps
 from cfsnn_jax.data.sources import DatasetInfo
@@ -153,3 +160,29 @@ def lowered(programs: Programs, platform: str) -> dict[str, Any]:
 
 def lower_text(programs: Programs, platform: str) -> dict[str, str]:
   return {k: v.as_text() for k, v in lowered(programs, platform).items()}
+
+
+CPU_SWITCHES_OFF = {switches.ONEDNN_CONV: "0", switches.BACKEND_WORKAROUNDS: "off",
+                    switches.CPU_TUNING: "0"}
+
+
+@contextlib.contextmanager
+def environment(values: dict):
+  before = {k: os.environ.get(k) for k in values}
+  try:
+    for k, v in values.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    yield
+  finally:
+    for k, v in before.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def custom_call_targets(text: str) -> set[str]:
+  return set(re.findall(r"stablehlo\.custom_call @([\w.$-]+)", text))

@@ -11,10 +11,8 @@ dropped CPU branch shifts the numbering), which is not a difference of the progr
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import os
 import re
 
 import pytest
@@ -26,29 +24,14 @@ PLATFORMS = ("cuda", "tpu")
 # The CPU paths as a one-device CPU host takes them (the suite has 4 CPU devices, where the
 # oneDNN auto mode is off, so it is forced on), and every switch off.
 HOST = {"CFSNN_ONEDNN_CONV": "1", "CFSNN_BACKEND_WORKAROUNDS": "on", "CFSNN_CPU_TUNING": None}
-OFF = {"CFSNN_ONEDNN_CONV": "0", "CFSNN_BACKEND_WORKAROUNDS": "off", "CFSNN_CPU_TUNING": "0"}
+OFF = programs.CPU_SWITCHES_OFF
 SETTINGS = {"host": HOST, "off": OFF}
 CPU_ONLY_TARGETS = ("CfsnnConvFwd", "CfsnnConvBwdData", "CfsnnConvBwdWeights")
 CALLBACK = re.compile(r"callback|xla_ffi_python|xla_python")
 CONV_CONFIG = "cifar10:tiny"  # a ResNet-19: forward and both gradients of 3x3 convolutions
 
 
-@contextlib.contextmanager
-def environment(values: dict):
-  before = {k: os.environ.get(k) for k in values}
-  try:
-    for k, v in values.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-    yield
-  finally:
-    for k, v in before.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+environment = programs.environment
 
 
 def _export_all(name: str, env: dict) -> dict:
@@ -75,8 +58,7 @@ def exported():
           for name in NAMES}
 
 
-def _custom_call_targets(text: str) -> set[str]:
-  return set(re.findall(r"stablehlo\.custom_call @([\w.$-]+)", text))
+_custom_call_targets = programs.custom_call_targets
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -34,11 +34,7 @@ def _matmul_flops(jaxpr, mult=1) -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny_plan(monkeypatch_module):
-  # The CPU paths on, as a one-device CPU host takes them (the suite's 4 devices turn the
-  # oneDNN auto mode off): the exports column must still say cuda+tpu.
-  for k, v in dict(CFSNN_ONEDNN_CONV="1", CFSNN_BACKEND_WORKAROUNDS="on").items():
-    monkeypatch_module.setenv(k, v)
+def tiny_plan():
   import jax
   from benchmarks import plan, programs
   from cfsnn_jax.backends import per_platform
@@ -48,14 +44,12 @@ def tiny_plan(monkeypatch_module):
     p = programs.abstract_steps(config, programs.dataset_info(config),
                                 devices=jax.devices()[:1])
     reference = _matmul_flops(p.train.trace(p.state, p.batch).jaxpr.jaxpr)
-  assert os.environ["CFSNN_ONEDNN_CONV"] == "1"  # switches_off restores the host's
-  return plan.plan_config(name), reference, config
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-  with pytest.MonkeyPatch.context() as m:
-    yield m
+  # The CPU paths on, as a one-device CPU host takes them (the suite's 4 devices turn the
+  # oneDNN auto mode off): the exports column must still say cuda+tpu.
+  with programs.environment({"CFSNN_ONEDNN_CONV": "1", "CFSNN_BACKEND_WORKAROUNDS": "on"}):
+    row = plan.plan_config(name)
+    assert os.environ["CFSNN_ONEDNN_CONV"] == "1"  # switches_off restores the host's
+  return row, reference, config
 
 
 def test_flops_agree_with_an_independent_count(tiny_plan):

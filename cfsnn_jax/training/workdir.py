@@ -195,13 +195,12 @@ ADDED_MODEL_FIELDS = {
 }
 
 
-def _model_defaults(config: dict, value_index: int) -> None:
-  model = config.get("model")
-  if not isinstance(model, dict):
-    return
-  for field, (names, *values) in ADDED_MODEL_FIELDS.items():
-    if model.get("name") in names and field not in model:
-      model[field] = values[value_index - 1]
+def _explicit_model_fields(config: dict) -> None:
+  """Each added field a model takes, written with today's default where the config omits it."""
+  model = config.get("model", {})
+  for field, (names, now, _) in ADDED_MODEL_FIELDS.items():
+    if model.get("name") in names:
+      model.setdefault(field, now)
 
 
 def run_description(run: Any) -> dict:
@@ -209,7 +208,7 @@ def run_description(run: Any) -> dict:
   description = {"config": json.loads(run.config.to_json()),
                  "neuron_spec": dataclasses.asdict(run.neuron),
                  "data_options": run.data_options, "versions": library_versions()}
-  _model_defaults(description["config"], 1)  # explicit: the default may change again
+  _explicit_model_fields(description["config"])  # the default may change again
   return json.loads(json.dumps(description, default=str))  # as saved: tuples become lists
 
 
@@ -217,12 +216,12 @@ def comparable(description: dict) -> dict:
   """The flattened fields two runs of one workdir must share (a stored run without a field of
   ``ADDED_MODEL_FIELDS`` has the value runs had before it existed)."""
   flat = {}
-  if isinstance(description.get("config"), dict):
-    description = dict(description, config=json.loads(json.dumps(description["config"])))
-    _model_defaults(description["config"], 2)
   for section in ("config", "neuron_spec", "data_options"):
     if description.get(section) is not None:
       _flatten(description[section], section if section != "config" else "", flat)
+  for field, (names, _, before) in ADDED_MODEL_FIELDS.items():
+    if flat.get("model.name") in names:
+      flat.setdefault(f"model.{field}", before)
   return {k: v for k, v in flat.items() if k not in RUN_ONLY_FIELDS}  # top-level config keys
 
 
