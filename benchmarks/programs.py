@@ -166,22 +166,22 @@ CPU_SWITCHES_OFF = {switches.ONEDNN_CONV: "0", switches.BACKEND_WORKAROUNDS: "of
                     switches.CPU_TUNING: "0"}
 
 
+def _set_environment(values: dict) -> None:
+  for k, v in values.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+
+
 @contextlib.contextmanager
 def environment(values: dict):
   before = {k: os.environ.get(k) for k in values}
+  _set_environment(values)
   try:
-    for k, v in values.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
     yield
   finally:
-    for k, v in before.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+    _set_environment(before)
 
 
 def custom_call_targets(text: str) -> set[str]:
